@@ -1,0 +1,86 @@
+"""epws: a strict, fast RFC 6455 WebSocket library for asyncio.
+
+Servers: :func:`serve` with an :class:`Upgrader` policy; clients: :func:`connect` or a
+:class:`Dialer`. Both give a :class:`Conn`: ``await conn.recv()``, ``await
+conn.send(data)``, ``async for message in conn``, ``await conn.close()``.
+
+Concurrency: one reader at a time; whole-message writes from any task; see
+docs/concurrency.md. The sans-I/O protocol core is in :mod:`epws.protocol`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .asyncio.client import Dialer, connect
+from .asyncio.conn import Conn, MessageType, MessageWriter
+from .asyncio.server import HTTPResponse, Server, Upgrader, serve
+from .exceptions import (
+    BadOrigin,
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    EpwsError,
+    HandshakeError,
+    InvalidState,
+    InvalidURI,
+    MessageTooBig,
+    NegotiationError,
+    ProtocolError,
+    is_unexpected_close,
+)
+from .prepared import PreparedMessage
+from .protocol.frames import CloseCode
+from .protocol.handshake import Request
+
+__all__ = [
+    "BadOrigin",
+    "CloseCode",
+    "ConcurrencyError",
+    "Conn",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "Dialer",
+    "EpwsError",
+    "HTTPResponse",
+    "HandshakeError",
+    "InvalidState",
+    "InvalidURI",
+    "MessageTooBig",
+    "MessageType",
+    "MessageWriter",
+    "NegotiationError",
+    "PreparedMessage",
+    "ProtocolError",
+    "Request",
+    "Server",
+    "Upgrader",
+    "broadcast",
+    "connect",
+    "is_unexpected_close",
+    "serve",
+    "__version__",
+]
+
+__version__ = "0.1.0"
+
+
+def broadcast(conns: Iterable[Conn], message: PreparedMessage | str | bytes) -> list[Conn]:
+    """Write one message to many connections without waiting on any of them.
+
+    The message is encoded once. Connections that are closing are skipped. Returns
+    the connections that could not take it (closed), so the caller can drop them;
+    slow readers are the caller's policy: watch :attr:`Conn.buffered_amount`.
+    """
+    if not isinstance(message, PreparedMessage):
+        kind = MessageType.TEXT if isinstance(message, str) else MessageType.BINARY
+        message = PreparedMessage(kind, message)
+    failed: list[Conn] = []
+    for conn in conns:
+        try:
+            conn.write_prepared_nowait(message)
+        except (ConnectionClosed, InvalidState):
+            failed.append(conn)
+    return failed

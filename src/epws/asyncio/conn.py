@@ -1,0 +1,628 @@
+"""Conn: one WebSocket connection on asyncio, built on :class:`asyncio.Protocol`.
+
+Concurrency contract (see docs/concurrency.md):
+
+* **one reader at a time**: a second task calling :meth:`Conn.read_message` /
+  :meth:`Conn.recv` while one is waiting gets :class:`~epws.ConcurrencyError`;
+* **any number of writers for whole messages**: a message is handed to the transport
+  in one synchronous call, so frames never interleave; writers wait only when the
+  transport's buffer is over the high-water mark;
+* a fragmented message opened with :meth:`Conn.message_writer` belongs to its task
+  until it ends; other writes meanwhile raise :class:`~epws.ConcurrencyError`;
+* :meth:`Conn.close`, :meth:`Conn.ping` and the deadline setters may be called from
+  any task at any time.
+
+Control frames are handled as they arrive, in the protocol callback, so pongs go out
+and pong handlers run even while nobody reads. The peer's close frame and protocol
+failures are acted on in order: messages that arrived before them are delivered
+first, and the close reply (or the failing close frame) is sent when the reader gets
+past them, or at once if nothing is waiting to be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
+from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
+
+if TYPE_CHECKING:
+    from ..prepared import PreparedMessage
+    from ..protocol.handshake import Request, Response
+
+__all__ = ["Conn", "MessageType", "MessageWriter"]
+
+logger = logging.getLogger("epws")
+
+
+class MessageType(enum.IntEnum):
+    """The two kinds of data message, with their RFC 6455 opcodes as values."""
+
+    TEXT = 1
+    BINARY = 2
+
+
+_OK_CODES = (1000, 1001, 1005)
+
+
+class Conn(asyncio.Protocol):
+    """A WebSocket connection: read and write messages, ping, close.
+
+    Made by :func:`~epws.serve` (handed to your handler) or :func:`~epws.connect`;
+    not constructed directly.
+
+    Attributes:
+        request: the HTTP request of the opening handshake (server side).
+        response: the HTTP response of the opening handshake (client side).
+        subprotocol: the negotiated subprotocol, or None.
+        close_timeout: seconds :meth:`close` waits for the peer's close frame and TCP close.
+        pong_handler: called with each pong's payload (gorilla's SetPongHandler).
+        ping_handler: called with each ping's payload; the pong is sent regardless.
+    """
+
+    __slots__ = (
+        "_close_timer",
+        "_closed",
+        "_deferred",
+        "_drain_waiters",
+        "_error",
+        "_events",
+        "_lost",
+        "_max_queue",
+        "_pings",
+        "_proto",
+        "_read_deadline",
+        "_read_paused",
+        "_reader",
+        "_write_deadline",
+        "_write_limit",
+        "_write_paused",
+        "_writer_task",
+        "close_timeout",
+        "loop",
+        "ping_handler",
+        "pong_handler",
+        "request",
+        "response",
+        "subprotocol",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        proto: Connection,
+        *,
+        max_queue: int = 16,
+        write_limit: int = 64 * 1024,
+        close_timeout: float = 10.0,
+        subprotocol: str | None = None,
+        request: Request | None = None,
+        response: Response | None = None,
+    ) -> None:
+        self._proto = proto
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.subprotocol = subprotocol
+        self.request = request
+        self.response = response
+        self.close_timeout = close_timeout
+        self.ping_handler: Callable[[bytes], object] | None = None
+        self.pong_handler: Callable[[bytes], object] | None = None
+        self._events: collections.deque[str | bytes | Close | Failure] = collections.deque()
+        self._max_queue = max_queue
+        self._reader: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._writer_task: asyncio.Task[Any] | None = None
+        self._error: BaseException | None = None
+        self._deferred = False  # a Close/Failure waits in the queue for the reader
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._read_deadline: asyncio.TimerHandle | None = None
+        self._write_deadline: float | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost: asyncio.Future[None] = self.loop.create_future()
+        self._closed = False
+        self._write_limit = write_limit
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def side(self) -> Side:
+        return self._proto.side
+
+    @property
+    def read_limit(self) -> int:
+        """Largest message accepted, in bytes (0: no limit); larger ones close with 1009."""
+        return self._proto.max_size
+
+    @read_limit.setter
+    def read_limit(self, value: int | None) -> None:
+        self._proto.max_size = value or 0
+
+    @property
+    def closed(self) -> bool:
+        """True once the TCP connection is closed."""
+        return self._closed
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes handed to the transport and not yet sent (like the browser API's)."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    @property
+    def remote_address(self) -> Any:
+        return self.transport.get_extra_info("peername") if self.transport else None
+
+    @property
+    def local_address(self) -> Any:
+        return self.transport.get_extra_info("sockname") if self.transport else None
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code received (1005: none in the frame, 1006: no close frame), once closed."""
+        rcvd = self._proto.close_rcvd
+        if rcvd is not None:
+            return rcvd.code
+        return 1006 if self._closed else None
+
+    # ------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=self._write_limit)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        proto = self._proto
+        events = proto.receive_data(data)
+        out = proto.data_to_send()
+        if out:
+            self.transport.write(out)
+        if not events:
+            return
+        queue = self._events
+        for ev in events:
+            kind = type(ev)
+            if kind is str or kind is bytes:
+                queue.append(ev)  # type: ignore[arg-type]
+            elif kind is Ping:
+                if self.ping_handler is not None:
+                    self.ping_handler(ev.payload)  # type: ignore[union-attr]
+            elif kind is Pong:
+                self._on_pong(ev.payload)  # type: ignore[union-attr]
+            else:
+                # Close or Failure: act now if nothing is left to read, else in turn.
+                if proto.close_sent is not None:
+                    self._finish_closing(failed=kind is Failure)
+                elif queue or self._deferred:
+                    queue.append(ev)  # type: ignore[arg-type]
+                    self._deferred = True
+                else:
+                    queue.append(ev)  # type: ignore[arg-type]
+                    self._act_on(ev)  # type: ignore[arg-type]
+        reader = self._reader
+        if reader is not None and queue and not reader.done():
+            reader.set_result(None)
+        if len(queue) >= self._max_queue and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self._proto.receive_eof()
+        return None  # let the transport close itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._error is None:
+            self._error = self._closed_error(exc)
+        err = self._error
+        if not self._lost.done():
+            self._lost.set_result(None)
+        for timer in (self._read_deadline, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._read_deadline = self._close_timer = None
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(err)
+                waiter.exception()  # mark retrieved: a dropped writer is not a bug
+        self._drain_waiters.clear()
+        for fut, _ in self._pings.values():
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()
+        self._pings.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    # ------------------------------------------------------------ closing
+
+    def _closed_error(self, exc: BaseException | None = None) -> ConnectionClosed:
+        proto = self._proto
+        rcvd = proto.close_rcvd
+        sent = proto.close_sent
+        rcvd_code = rcvd.code if rcvd is not None else None
+        ok = rcvd_code in _OK_CODES and not proto.failed
+        cls = ConnectionClosedOK if ok else ConnectionClosedError
+        err = cls(
+            rcvd_code,
+            rcvd.reason if rcvd is not None else "",
+            sent[0] if sent is not None else None,
+            sent[1] if sent is not None else "",
+            cause=str(exc) if exc else "",
+        )
+        if exc is not None:
+            err.__cause__ = exc
+        return err
+
+    def _act_on(self, ev: Close | Failure) -> None:
+        """The reader reached the peer's close frame or a protocol failure: answer it."""
+        proto = self._proto
+        transport = self.transport
+        if type(ev) is Close:
+            reply = proto.close_reply()
+            if reply and not transport.is_closing():
+                transport.write(reply)
+            self._finish_closing(failed=False)
+        else:
+            error = ev.error  # type: ignore[union-attr]
+            frame = proto.fail(error.code, str(error))
+            if frame and not transport.is_closing():
+                transport.write(frame)
+            self._error = self._closed_error(error)
+            self._finish_closing(failed=True)
+
+    def _finish_closing(self, *, failed: bool) -> None:
+        """Both close frames are out (or we failed): let TCP go, server side first."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.side is Side.SERVER and not failed:
+            transport.close()
+            return
+        # A client waits for the server to close TCP (RFC 6455 §7.1.1). A failing side
+        # half-closes so the peer gets our close frame and EOF rather than a reset.
+        if failed and transport.can_write_eof():
+            transport.write_eof()
+        elif failed:
+            transport.close()
+            return
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.close_timeout, transport.abort)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake: send a close frame, wait for the peer's, close TCP.
+
+        Waits at most :attr:`close_timeout` seconds, then drops the connection. Safe to
+        call from any task, more than once, and after the connection is gone.
+        """
+        if self._closed:
+            return
+        proto = self._proto
+        transport = self.transport
+        if proto.close_sent is None and not transport.is_closing():
+            frame = proto.send_close(code, reason)
+            transport.write(frame)
+            if proto.close_rcvd is not None:
+                self._finish_closing(failed=False)
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            transport.abort()
+            await asyncio.shield(self._lost)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed."""
+        await asyncio.shield(self._lost)
+
+    async def __aenter__(self) -> Conn:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ reading
+
+    async def read_message(self) -> tuple[MessageType, str | bytes]:
+        """Wait for the next message: ``(MessageType.TEXT, str)`` or ``(BINARY, bytes)``.
+
+        Raises:
+            ConnectionClosed: the connection closed (cleanly: ConnectionClosedOK).
+            TimeoutError: the read deadline passed; the connection is no longer usable.
+            ConcurrencyError: another task is already reading.
+        """
+        data = await self.recv()
+        return (MessageType.TEXT if type(data) is str else MessageType.BINARY), data
+
+    async def recv(self) -> str | bytes:
+        """Wait for the next message: ``str`` for text, ``bytes`` for binary."""
+        queue = self._events
+        while True:
+            if queue:
+                ev = queue[0]
+                kind = type(ev)
+                if kind is str or kind is bytes:
+                    queue.popleft()
+                    if self._read_paused and len(queue) <= self._max_queue >> 2:
+                        self._read_paused = False
+                        if not self._closed:
+                            self.transport.resume_reading()
+                    return ev  # type: ignore[return-value]
+                if self._deferred:
+                    self._deferred = False
+                    self._act_on(ev)  # type: ignore[arg-type]
+                if self._error is None:
+                    # Close answered: wait for TCP to go, then report the close.
+                    await self._wait_lost_for_reader()
+                raise self._raise_error()
+            if self._error is not None:
+                raise self._raise_error()
+            if self._reader is not None:
+                raise ConcurrencyError("another task is already reading from this connection")
+            reader = self._reader = self.loop.create_future()
+            try:
+                await reader
+            finally:
+                self._reader = None
+
+    async def _wait_lost_for_reader(self) -> None:
+        reader = self._reader = self.loop.create_future()
+        try:
+            if not self._closed:
+                self._lost.add_done_callback(lambda _: _wake(reader))
+                await reader
+        finally:
+            self._reader = None
+
+    def _raise_error(self) -> BaseException:
+        err = self._error
+        if err is None:
+            err = self._error = self._closed_error()
+        return err
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str | bytes]:
+        """Messages until the connection closes; a clean close ends the loop quietly."""
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    def set_read_deadline(self, when: float | None) -> None:
+        """Fail reads once the loop clock passes ``when`` (``loop.time()`` based); None clears.
+
+        As in gorilla, a read that times out leaves the connection unusable for reading:
+        this read and every later one raise :class:`TimeoutError`. The chat's pong
+        handler pushes the deadline forward on every pong.
+        """
+        timer = self._read_deadline
+        if timer is not None:
+            timer.cancel()
+            self._read_deadline = None
+        if when is not None and not self._closed:
+            self._read_deadline = self.loop.call_at(when, self._read_timed_out)
+
+    def _read_timed_out(self) -> None:
+        self._read_deadline = None
+        if self._error is None:
+            self._error = TimeoutError("read deadline exceeded")
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    # ------------------------------------------------------------ writing
+
+    def _check_writable(self) -> None:
+        if self._closed or self._proto.close_sent is not None:
+            raise self._raise_error() if self._closed else self._closed_error()
+        if self._writer_task is not None and self._writer_task is not asyncio.current_task():
+            raise ConcurrencyError("a fragmented message is being written by another task")
+
+    async def send(
+        self, data: str | bytes | bytearray | memoryview, *, compress: bool = True
+    ) -> None:
+        """Send one message: text for ``str``, binary for bytes-like.
+
+        Returns once the frame is handed to the transport, waiting first only if the
+        transport's buffer is over the high-water mark (flow control).
+        ``compress=False`` skips permessage-deflate for this message.
+        """
+        self._check_writable()
+        proto = self._proto
+        if type(data) is str:
+            frame = proto.send_text(data, compress=compress)
+        else:
+            frame = proto.send_binary(data, compress=compress)  # type: ignore[arg-type]
+        self.transport.write(frame)
+        if self._write_paused:
+            await self._drain()
+
+    async def write_message(
+        self, message_type: MessageType, data: str | bytes, *, compress: bool = True
+    ) -> None:
+        """gorilla's WriteMessage: send ``data`` as a message of ``message_type``."""
+        payload = data.encode() if isinstance(data, str) else data
+        self._check_writable()
+        self.transport.write(self._proto.send_message(message_type, payload, compress=compress))
+        if self._write_paused:
+            await self._drain()
+
+    async def write_prepared(self, message: PreparedMessage) -> None:
+        """Write a message encoded once for many connections (see :class:`PreparedMessage`)."""
+        self.write_prepared_nowait(message)
+        if self._write_paused:
+            await self._drain()
+
+    def write_prepared_nowait(self, message: PreparedMessage) -> None:
+        """Hand a prepared message to the transport without waiting for buffer space.
+
+        For fan-out: the caller watches :attr:`buffered_amount` to find slow readers
+        instead of awaiting each of them.
+        """
+        self._check_writable()
+        self.transport.write(message.frame_for(self._proto))
+
+    async def _drain(self) -> None:
+        if self._closed:
+            raise self._raise_error()
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        deadline = self._write_deadline
+        if deadline is None:
+            await waiter
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except TimeoutError:
+            # The frame is half-sent at best: the connection can't be used any more.
+            self.transport.abort()
+            raise TimeoutError("write deadline exceeded") from None
+
+    def set_write_deadline(self, when: float | None) -> None:
+        """Writes waiting for buffer space fail with TimeoutError after ``when`` (loop time).
+
+        A timed-out write drops the connection, as its frame may be half-sent.
+        """
+        self._write_deadline = when
+
+    @contextlib.asynccontextmanager
+    async def message_writer(self, message_type: MessageType) -> AsyncIterator[MessageWriter]:
+        """Write one message in several frames (gorilla's NextWriter), without holding it.
+
+        ::
+
+            async with conn.message_writer(MessageType.BINARY) as w:
+                async for chunk in source:
+                    await w.write(chunk)
+        """
+        self._check_writable()
+        self._writer_task = asyncio.current_task()
+        writer = MessageWriter(self, message_type)
+        try:
+            yield writer
+            await writer._finish()
+        finally:
+            self._writer_task = None
+
+    async def _write_fragment(self, opcode: int, data: bytes, fin: bool) -> None:
+        if self._closed or self._proto.close_sent is not None:
+            raise self._raise_error() if self._closed else self._closed_error()
+        try:
+            frame = self._proto.send_fragment(opcode, data, fin=fin)
+        except InvalidState as exc:
+            raise ConcurrencyError(str(exc)) from None
+        self.transport.write(frame)
+        if self._write_paused:
+            await self._drain()
+
+    # ------------------------------------------------------------ ping / pong
+
+    async def ping(self, data: bytes = b"") -> asyncio.Future[float]:
+        """Send a ping; the returned future gives the round-trip time when its pong arrives.
+
+        ``data`` identifies the ping (at most 125 bytes); if empty, a unique one is made.
+        """
+        self._check_writable()
+        if not data:
+            data = os.urandom(4)
+            while data in self._pings:
+                data = os.urandom(4)
+        elif data in self._pings:
+            raise ConcurrencyError("a ping with the same payload is already waiting for its pong")
+        fut: asyncio.Future[float] = self.loop.create_future()
+        self._pings[data] = (fut, self.loop.time())
+        self.transport.write(self._proto.send_ping(data))
+        return fut
+
+    async def pong(self, data: bytes = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat, RFC 6455 §5.5.3)."""
+        self._check_writable()
+        self.transport.write(self._proto.send_pong(data))
+
+    def _on_pong(self, payload: bytes) -> None:
+        pings = self._pings
+        if payload in pings:
+            # A pong acknowledges its ping and every earlier one (RFC 6455 §5.5.3).
+            now = self.loop.time()
+            for key in list(pings):
+                fut, sent = pings.pop(key)
+                if not fut.done():
+                    fut.set_result(now - sent)
+                if key == payload:
+                    break
+        handler = self.pong_handler
+        if handler is not None:
+            handler(payload)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class MessageWriter:
+    """Writes the frames of one fragmented message; made by :meth:`Conn.message_writer`."""
+
+    __slots__ = ("_conn", "_opcode", "_pending", "_started")
+
+    def __init__(self, conn: Conn, message_type: MessageType) -> None:
+        self._conn = conn
+        self._opcode = int(message_type)
+        self._pending: bytes | None = None
+        self._started = False
+
+    async def write(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Add ``data`` to the message.
+
+        The previous piece is sent as a non-final frame now, so that the last piece can
+        carry FIN without an empty trailing frame.
+        """
+        chunk = data.encode() if isinstance(data, str) else bytes(data)
+        pending = self._pending
+        self._pending = chunk
+        if pending is not None:
+            await self._send(pending, fin=False)
+
+    async def _send(self, chunk: bytes, *, fin: bool) -> None:
+        opcode = 0 if self._started else self._opcode
+        self._started = True
+        await self._conn._write_fragment(opcode, chunk, fin)
+
+    async def _finish(self) -> None:
+        await self._send(self._pending or b"", fin=True)
+        self._pending = None

@@ -1,0 +1,391 @@
+"""Servers: the :class:`Upgrader` policy, :func:`serve`, and plain HTTP answers.
+
+One asyncio protocol object reads the HTTP request (bounded in size and time), asks
+the application's ``process_request`` whether to answer it as plain HTTP (a page, a
+404), and otherwise upgrades: it writes the 101 response and hands the transport to a
+:class:`~epws.asyncio.conn.Conn`, then runs the application's handler in a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import BadOrigin, HandshakeError
+from ..protocol.connection import Connection, MessageCodec, Side
+from ..protocol.handshake import (
+    Request,
+    RequestParser,
+    build_http_response,
+    build_response,
+    check_origin_same,
+    check_request,
+    is_upgrade_request,
+    origin_allowed,
+    select_subprotocol,
+)
+from .conn import Conn
+
+__all__ = ["HTTPResponse", "Server", "Upgrader", "serve"]
+
+logger = logging.getLogger("epws.server")
+
+Handler = Callable[[Conn], Awaitable[None]]
+ProcessRequest = Callable[[Request], "Awaitable[HTTPResponse | None] | HTTPResponse | None"]
+
+
+@dataclass(slots=True)
+class HTTPResponse:
+    """A plain HTTP answer to a request that is not (or may not be) upgraded."""
+
+    status: int
+    body: bytes | str = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: Sequence[tuple[str, str]] = ()
+
+    def serialize(self, head_only: bool = False) -> bytes:
+        body = self.body.encode() if isinstance(self.body, str) else self.body
+        data = build_http_response(
+            self.status, body=body, content_type=self.content_type, headers=self.headers
+        )
+        if head_only:
+            return data[: len(data) - len(body)]
+        return data
+
+
+@dataclass(slots=True)
+class Upgrader:
+    """How a server upgrades HTTP requests to WebSocket (gorilla's Upgrader).
+
+    Attributes:
+        check_origin: None (the default) refuses cross-origin requests with 403, as
+            gorilla does: a browser page from another site must not open a socket that
+            carries the user's cookies. A list of allowed origins
+            (``["https://example.com"]``, ``["*"]`` for any) or a function
+            ``(Request) -> bool`` replaces the check.
+        subprotocols: subprotocols the server speaks; the first one the client offers
+            that is in this list is selected.
+        read_limit: largest message accepted, in bytes (None: no limit). 1 MiB by
+            default; a larger message fails the connection with 1009 before it is
+            buffered.
+        max_queue: unread messages buffered before reading from the socket pauses.
+        write_limit: transport buffer high-water mark; writers wait above it.
+        handshake_timeout: seconds a client has to send its request before the
+            connection is dropped.
+        close_timeout: seconds the closing handshake may take.
+        max_request_line, max_headers, max_header_bytes: bounds of the HTTP request,
+            so a huge or endless request cannot hold memory.
+        extra_headers: headers added to the 101 response.
+        compression: permessage-deflate codec factory (see epws.deflate), or None.
+    """
+
+    check_origin: Callable[[Request], bool] | Sequence[str] | None = None
+    subprotocols: Sequence[str] = ()
+    read_limit: int | None = 1 << 20
+    max_queue: int = 16
+    write_limit: int = 64 * 1024
+    handshake_timeout: float = 10.0
+    close_timeout: float = 10.0
+    max_request_line: int = 8192
+    max_headers: int = 128
+    max_header_bytes: int = 65536
+    extra_headers: Sequence[tuple[str, str]] = ()
+    compression: Any = None
+
+    def origin_ok(self, request: Request) -> bool:
+        check = self.check_origin
+        if check is None:
+            return check_origin_same(request)
+        if callable(check):
+            return bool(check(request))
+        return origin_allowed(request, check)
+
+    def negotiate(self, request: Request) -> tuple[bytes, Connection, str | None]:
+        """Validate an upgrade request; return the 101 response, the protocol, subprotocol.
+
+        Raises HandshakeError (with the status to answer) when the request is refused.
+        """
+        key = check_request(request)
+        if not self.origin_ok(request):
+            raise BadOrigin(f"origin {request.headers.get('Origin')!r} not allowed")
+        subprotocol = select_subprotocol(request, self.subprotocols) if self.subprotocols else None
+        codec: MessageCodec | None = None
+        extensions: str | None = None
+        if self.compression is not None:
+            codec, extensions = self.compression.server_negotiate(request)
+        response = build_response(
+            key,
+            subprotocol=subprotocol,
+            extensions=extensions,
+            extra_headers=self.extra_headers,
+        )
+        proto = Connection(Side.SERVER, max_size=self.read_limit, codec=codec)
+        return response, proto, subprotocol
+
+
+class Server:
+    """A running WebSocket server; ``async with`` it, or :meth:`close` it.
+
+    Attributes:
+        connections: the open WebSocket connections.
+    """
+
+    def __init__(
+        self, upgrader: Upgrader, handler: Handler, process_request: ProcessRequest | None
+    ) -> None:
+        self.upgrader = upgrader
+        self.handler = handler
+        self.process_request = process_request
+        self.connections: set[Conn] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._closing = False
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (handy when serving on port 0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    def _protocol_factory(self) -> asyncio.Protocol:
+        return _HTTPProtocol(self)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    def _start_handler(self, conn: Conn) -> None:
+        self.connections.add(conn)
+        task = asyncio.get_running_loop().create_task(self._run_handler(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, conn: Conn) -> None:
+        try:
+            await self.handler(conn)
+        except Exception:
+            logger.exception("connection handler failed")
+            await conn.close(1011, "internal error")
+        else:
+            await conn.close()
+        finally:
+            self.connections.discard(conn)
+
+    async def close(
+        self, code: int = 1001, reason: str = "going away", *, timeout: float = 10.0
+    ) -> None:
+        """Stop listening, close every connection with ``code``, wait for their handlers.
+
+        Handlers still running after ``timeout`` seconds are cancelled.
+        """
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        conns = list(self.connections)
+        if conns:
+            await asyncio.gather(*(c.close(code, reason) for c in conns), return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class _HTTPProtocol(asyncio.Protocol):
+    """Reads one HTTP request, then answers it or upgrades the connection."""
+
+    __slots__ = ("_parser", "_server", "_timer", "_transport")
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        up = server.upgrader
+        self._parser: RequestParser | None = RequestParser(
+            max_line=up.max_request_line,
+            max_headers=up.max_headers,
+            max_header_bytes=up.max_header_bytes,
+        )
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        if self._server._closing:
+            transport.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            self._server.upgrader.handshake_timeout, self._timed_out
+        )
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            logger.debug("opening handshake timed out")
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._parser = None
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            return  # request complete; anything more waits for the upgrade
+        transport = self._transport
+        assert transport is not None
+        try:
+            request = parser.feed(data)
+        except HandshakeError as exc:
+            self._parser = None
+            self._refuse(exc)
+            return
+        if request is None:
+            return
+        self._parser = None
+        transport.pause_reading()
+        process = self._server.process_request
+        if process is not None:
+            result = process(request)
+            if inspect.isawaitable(result):
+                task = asyncio.get_running_loop().create_task(
+                    self._finish_async(request, parser.rest, result)
+                )
+                self._server._tasks.add(task)
+                task.add_done_callback(self._server._tasks.discard)
+                return
+            if result is not None:
+                self._answer(request, result)
+                return
+        self._upgrade(request, parser.rest)
+
+    async def _finish_async(
+        self, request: Request, rest: bytes, pending: Awaitable[HTTPResponse | None]
+    ) -> None:
+        try:
+            result = await pending
+        except Exception:
+            logger.exception("process_request failed")
+            result = HTTPResponse(500, "Internal Server Error\n")
+        if self._transport is None or self._transport.is_closing():
+            return
+        if result is not None:
+            self._answer(request, result)
+        else:
+            self._upgrade(request, rest)
+
+    def _answer(self, request: Request, response: HTTPResponse) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.write(response.serialize(head_only=request.method == "HEAD"))
+        transport.close()
+
+    def _refuse(self, exc: HandshakeError) -> None:
+        logger.info("refused WebSocket handshake: %s (%d)", exc, exc.status)
+        transport = self._transport
+        assert transport is not None
+        body = (str(exc) + "\n").encode()
+        transport.write(build_http_response(exc.status, body=body, headers=exc.headers))
+        transport.close()
+
+    def _upgrade(self, request: Request, rest: bytes) -> None:
+        server = self._server
+        transport = self._transport
+        assert transport is not None
+        if not is_upgrade_request(request):
+            self._refuse(
+                HandshakeError(
+                    "this resource only speaks WebSocket",
+                    426,
+                    [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+                )
+            )
+            return
+        up = server.upgrader
+        try:
+            response, proto, subprotocol = up.negotiate(request)
+        except HandshakeError as exc:
+            self._refuse(exc)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport.write(response)
+        conn = Conn(
+            proto,
+            max_queue=up.max_queue,
+            write_limit=up.write_limit,
+            close_timeout=up.close_timeout,
+            subprotocol=subprotocol,
+            request=request,
+        )
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        self._transport = None
+        server._start_handler(conn)
+        if rest:
+            conn.data_received(rest)
+        transport.resume_reading()
+
+
+async def serve(
+    handler: Handler,
+    host: str | Sequence[str] | None = None,
+    port: int | None = None,
+    *,
+    upgrader: Upgrader | None = None,
+    process_request: ProcessRequest | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+    backlog: int = 1024,
+    **kwargs: Any,
+) -> Server:
+    """Start a WebSocket server; ``handler(conn)`` runs for each connection.
+
+    ``process_request(request)`` (sync or async) is asked first for every request:
+    return an :class:`HTTPResponse` to answer with plain HTTP (a page, a 404),
+    or None to go on with the upgrade. Without it, every request must be an upgrade.
+    ``kwargs`` are :class:`Upgrader` fields when no ``upgrader`` is given.
+
+    When the handler returns, the connection is closed with 1000; if it raises,
+    with 1011. The connection is not usable after the handler returns.
+    """
+    if upgrader is None:
+        upgrader = Upgrader(**kwargs)
+    elif kwargs:
+        raise TypeError("pass either an upgrader or Upgrader fields, not both")
+    server = Server(upgrader, handler, process_request)
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        server._server = await loop.create_server(
+            server._protocol_factory, sock=sock, ssl=ssl, backlog=backlog
+        )
+    else:
+        server._server = await loop.create_server(
+            server._protocol_factory,
+            host=host,
+            port=port or 0,
+            ssl=ssl,
+            reuse_port=reuse_port or None,
+            backlog=backlog,
+        )
+    return server

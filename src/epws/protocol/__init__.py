@@ -1,0 +1,1 @@
+"""Sans-I/O core of epws: framing, the connection state machine and the opening handshake."""

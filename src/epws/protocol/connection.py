@@ -1,0 +1,552 @@
+"""The sans-I/O WebSocket connection: bytes in, events and bytes out (RFC 6455 §5-§7).
+
+:class:`Connection` never touches a socket or an event loop. Feed it what the peer
+sent with :meth:`Connection.receive_data`; it returns the events, in order, and queues
+what must be sent back automatically (pongs) for :meth:`Connection.data_to_send`.
+The ``send_*`` methods return the bytes to write.
+
+Events are plain objects, cheap on the hot path:
+
+* a text message is a ``str``, a binary message is ``bytes``;
+* :class:`Ping`, :class:`Pong`: control frames (a pong for each ping is already queued);
+* :class:`Close`: the peer's close frame; answer it with :meth:`Connection.close_reply`
+  once the messages before it have been handed to the application;
+* :class:`Failure`: the peer broke the protocol; the events before it are valid and
+  should be handed to the application first, then :meth:`Connection.fail` gives the
+  close frame to send. Input after a failure or a close frame is ignored.
+
+Why the close reply and the failure are not sent automatically: a message that came
+in the same packet as a close or a bad frame must still be processed, and a reply
+written by the application for it (an echo) must go out before the close frame.
+
+Payloads are consumed as they arrive, frame by frame and chunk by chunk, so a text
+message is rejected at the first byte that can no longer be UTF-8 and a message over
+the size limit is refused when its frame header arrives, before it is buffered.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+from typing import Protocol
+
+from ..exceptions import InvalidState, MessageTooBig, ProtocolError
+from .frames import (
+    CloseCode,
+    apply_mask,
+    encode_close_payload,
+    encode_frame,
+    parse_close_payload,
+)
+
+__all__ = [
+    "Close",
+    "Connection",
+    "Event",
+    "Failure",
+    "MessageCodec",
+    "Ping",
+    "Pong",
+    "Side",
+    "State",
+]
+
+
+class Side(enum.Enum):
+    """Which end of the connection this is; it decides the masking rules (§5.1)."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.IntEnum):
+    """OPEN until a close frame is sent or received, CLOSING until both are, then CLOSED."""
+
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class Ping:
+    """A ping frame received; its pong is already queued."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Ping({self.payload!r})"
+
+
+class Pong:
+    """A pong frame received."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Pong({self.payload!r})"
+
+
+class Close:
+    """A close frame received; ``code`` is 1005 when the frame carried none."""
+
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Close({self.code}, {self.reason!r})"
+
+
+class Failure:
+    """The peer broke the protocol; fail with ``error.code`` once earlier events are handled."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+    @property
+    def code(self) -> int:
+        return self.error.code
+
+    def __repr__(self) -> str:
+        return f"Failure({self.error.code}, {str(self.error)!r})"
+
+
+Event = str | bytes | Ping | Pong | Close | Failure
+
+
+class MessageCodec(Protocol):
+    """The extension point for per-message compression (RFC 7692), kept minimal.
+
+    The connection owns framing, RSV1 and the size limit's bookkeeping; the codec
+    only turns message payloads into compressed ones and back.
+    """
+
+    def compress(self, data: bytes) -> bytes:
+        """Compress one whole message (the result is sent with RSV1 set)."""
+        ...
+
+    def decompress(self, data: bytes, max_size: int, final: bool) -> bytes:
+        """Inflate a chunk of a compressed message; ``final`` on its last frame's end.
+
+        Must raise :class:`~epws.exceptions.MessageTooBig` rather than produce more than
+        ``max_size`` bytes (0 means no limit), so a bomb is never held in memory.
+        """
+        ...
+
+
+_TEXT = 1
+_BINARY = 2
+_CLOSE = 8
+_PING = 9
+_PONG = 10
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _ed_surrogate_pending(decoder: codecs.IncrementalDecoder) -> bool:
+    """True if the decoder holds ED followed by A0-BF: a UTF-16 surrogate, never valid.
+
+    CPython's incremental decoder waits for the third byte before refusing these;
+    every other impossible prefix it refuses at once. Checking here makes the
+    validation fail-fast everywhere, as RFC 6455 §8.1 allows and Autobahn prefers.
+    """
+    pending = decoder.getstate()[0]
+    return len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0
+
+
+class Connection:
+    """The protocol state of one WebSocket connection, after the opening handshake.
+
+    Args:
+        side: :attr:`Side.SERVER` requires masked frames from the peer and sends
+            unmasked ones; :attr:`Side.CLIENT` the reverse.
+        max_size: the read limit in bytes for one message (after decompression);
+            ``None`` or 0 for no limit. Over it the connection fails with 1009.
+        codec: the negotiated permessage-deflate codec, if any.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_close_rcvd",
+        "_close_sent",
+        "_codec",
+        "_compressed",
+        "_decoder",
+        "_failed",
+        "_frame_fin",
+        "_left",
+        "_mask",
+        "_mask_off",
+        "_msg_op",
+        "_msg_size",
+        "_out",
+        "_out_frag",
+        "_parts",
+        "_server",
+        "max_size",
+        "side",
+    )
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_size: int | None = 1 << 20,
+        codec: MessageCodec | None = None,
+    ) -> None:
+        self.side = side
+        self._server = side is Side.SERVER
+        self.max_size = max_size or 0
+        self._codec = codec
+        self._buf = b""
+        self._out: list[bytes] = []
+        # Message being received: opcode (0 = none), size so far, pieces.
+        self._msg_op = 0
+        self._msg_size = 0
+        self._parts: list[bytes] | list[str] = []
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._compressed = False
+        # Data frame whose payload is still arriving.
+        self._left = 0
+        self._frame_fin = False
+        self._mask: bytes | None = None
+        self._mask_off = 0
+        self._failed = False
+        self._close_rcvd: Close | None = None
+        self._close_sent: tuple[int | None, str] | None = None
+        self._out_frag = 0  # opcode of a fragmented message being sent, 0 if none
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> State:
+        if self._close_rcvd is not None and self._close_sent is not None:
+            return State.CLOSED
+        if self._close_rcvd is not None or self._close_sent is not None or self._failed:
+            return State.CLOSING
+        return State.OPEN
+
+    @property
+    def close_rcvd(self) -> Close | None:
+        """The peer's close frame, once received."""
+        return self._close_rcvd
+
+    @property
+    def close_sent(self) -> tuple[int | None, str] | None:
+        """``(code, reason)`` of the close frame sent, once sent (code None: empty frame)."""
+        return self._close_sent
+
+    @property
+    def failed(self) -> bool:
+        """True once the peer broke the protocol; input is ignored from then on."""
+        return self._failed
+
+    @property
+    def codec(self) -> MessageCodec | None:
+        return self._codec
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
+        """Parse what arrived; return the events it completes, in order."""
+        events: list[Event] = []
+        if self._failed or self._close_rcvd is not None:
+            return events
+        buf = self._buf + data if self._buf else data
+        end = len(buf)
+        pos = 0
+        server = self._server
+        try:
+            while pos < end:
+                left = self._left
+                if left:
+                    # The rest (or the next chunk) of a data frame's payload.
+                    take = end - pos
+                    if take > left:
+                        take = left
+                    chunk = buf[pos : pos + take]
+                    pos += take
+                    left -= take
+                    self._left = left
+                    mask = self._mask
+                    if mask is not None:
+                        off = self._mask_off
+                        if off:
+                            mask = mask[off:] + mask[:off]
+                        chunk = apply_mask(chunk, mask)
+                        self._mask_off = (off + take) & 3
+                    self._data_chunk(bytes(chunk), left == 0 and self._frame_fin, left == 0, events)
+                    continue
+                if end - pos < 2:
+                    break
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                length = b1 & 0x7F
+                hlen = 2
+                if length == 126:
+                    hlen = 4
+                    if end - pos < 4:
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                elif length == 127:
+                    hlen = 10
+                    if end - pos < 10:
+                        break
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    if length >> 63:
+                        raise ProtocolError("frame length has its most significant bit set")
+                masked = b1 & 0x80
+                if masked:
+                    hlen += 4
+                    if end - pos < hlen:
+                        break
+                opcode = b0 & 0x0F
+                fin = b0 & 0x80
+                if masked:
+                    if not server:
+                        raise ProtocolError("a server must not mask its frames")
+                elif server:
+                    raise ProtocolError("a client must mask its frames")
+                if opcode >= 8:
+                    if b0 & 0x70:
+                        raise ProtocolError("reserved bits set on a control frame")
+                    if not fin:
+                        raise ProtocolError("a control frame must not be fragmented")
+                    if length > 125:
+                        raise ProtocolError("a control frame payload is at most 125 bytes")
+                    if end - pos < hlen + length:
+                        break  # wait for the whole (small) control frame
+                    payload = buf[pos + hlen : pos + hlen + length]
+                    if masked:
+                        payload = apply_mask(payload, bytes(buf[pos + hlen - 4 : pos + hlen]))
+                    pos += hlen + length
+                    self._control(opcode, bytes(payload), events)
+                    if self._close_rcvd is not None:
+                        pos = end  # RFC 6455 §5.5.1: nothing after a close frame counts
+                    continue
+                # A data frame.
+                rsv = b0 & 0x70
+                if opcode == 0:
+                    if not self._msg_op:
+                        raise ProtocolError("continuation frame without a message to continue")
+                    if rsv:
+                        raise ProtocolError("reserved bits set on a continuation frame")
+                elif opcode <= 2:
+                    if self._msg_op:
+                        raise ProtocolError("new message started before the previous one ended")
+                    if rsv:
+                        if rsv != 0x40 or self._codec is None:
+                            raise ProtocolError("reserved bits set without a negotiated extension")
+                        self._compressed = True
+                    else:
+                        self._compressed = False
+                    self._msg_op = opcode
+                    self._msg_size = 0
+                else:
+                    raise ProtocolError(f"reserved opcode {opcode}")
+                limit = self.max_size
+                if limit and not self._compressed and self._msg_size + length > limit:
+                    raise MessageTooBig(
+                        f"message of at least {self._msg_size + length} bytes "
+                        f"is over the read limit of {limit} bytes"
+                    )
+                self._mask = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked else None
+                self._mask_off = 0
+                self._frame_fin = bool(fin)
+                pos += hlen
+                if end - pos >= length:
+                    # Fast path: the whole payload is here.
+                    chunk = buf[pos : pos + length]
+                    pos += length
+                    if masked:
+                        chunk = apply_mask(chunk, self._mask)  # type: ignore[arg-type]
+                    self._data_chunk(bytes(chunk), bool(fin), True, events)
+                else:
+                    self._left = length
+        except ProtocolError as exc:
+            self._failed = True
+            self._buf = b""
+            events.append(Failure(exc))
+            return events
+        self._buf = bytes(buf[pos:]) if pos < end else b""
+        return events
+
+    def _data_chunk(self, chunk: bytes, last: bool, frame_end: bool, events: list[Event]) -> None:
+        """Take a piece of a data message's payload; ``last`` when the message ends here."""
+        if self._compressed:
+            codec = self._codec
+            assert codec is not None
+            limit = self.max_size
+            chunk = codec.decompress(chunk, limit - self._msg_size if limit else 0, last)
+        self._msg_size += len(chunk)
+        if self._msg_op == _TEXT:
+            parts: list[str] = self._parts  # type: ignore[assignment]
+            if last and not parts and self._decoder is None:
+                try:
+                    events.append(chunk.decode())
+                except UnicodeDecodeError as exc:
+                    raise ProtocolError(
+                        f"invalid UTF-8 in text message: {exc.reason}", 1007
+                    ) from None
+                self._msg_op = 0
+                return
+            decoder = self._decoder
+            if decoder is None:
+                decoder = self._decoder = _utf8_decoder()
+            try:
+                text = decoder.decode(chunk, last)
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
+            if not last and _ed_surrogate_pending(decoder):
+                raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
+            if text:
+                parts.append(text)
+            if last:
+                events.append("".join(parts))
+                self._parts = []
+                self._decoder = None
+                self._msg_op = 0
+        else:
+            bparts: list[bytes] = self._parts  # type: ignore[assignment]
+            if last:
+                if bparts:
+                    bparts.append(chunk)
+                    events.append(b"".join(bparts))
+                    self._parts = []
+                else:
+                    events.append(chunk)
+                self._msg_op = 0
+            elif chunk:
+                bparts.append(chunk)
+
+    def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
+        if opcode == _PING:
+            if self._close_sent is None:
+                self._out.append(encode_frame(0xA, payload, mask=not self._server))
+            events.append(Ping(payload))
+        elif opcode == _PONG:
+            events.append(Pong(payload))
+        elif opcode == _CLOSE:
+            try:
+                code, reason = parse_close_payload(payload)
+            except ValueError as exc:
+                raise ProtocolError(exc.args[0], exc.args[1]) from None
+            close = Close(code, reason)
+            self._close_rcvd = close
+            # A fragmented message cut by a close is simply abandoned.
+            self._msg_op = 0
+            self._parts = []
+            self._decoder = None
+            self._left = 0
+            events.append(close)
+        else:
+            raise ProtocolError(f"reserved control opcode {opcode}")
+
+    def receive_eof(self) -> None:
+        """The peer closed TCP; nothing more will be parsed."""
+        self._failed = self._failed or self._close_rcvd is None
+        self._buf = b""
+
+    def data_to_send(self) -> bytes:
+        """Bytes the protocol wants sent on its own (pongs); empty if none."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return b"".join(out)
+
+    # ------------------------------------------------------------------ output
+
+    def _check_can_send(self) -> None:
+        if self._close_sent is not None:
+            raise InvalidState("cannot send after the close frame was sent")
+
+    def send_text(self, data: str, *, compress: bool = True) -> bytes:
+        """One whole text message."""
+        return self.send_message(_TEXT, data.encode(), compress=compress)
+
+    def send_binary(self, data: bytes | bytearray | memoryview, *, compress: bool = True) -> bytes:
+        """One whole binary message."""
+        return self.send_message(_BINARY, data, compress=compress)
+
+    def send_message(
+        self, opcode: int, payload: bytes | bytearray | memoryview, *, compress: bool = True
+    ) -> bytes:
+        """One whole data message in a single frame, compressed if a codec was negotiated."""
+        self._check_can_send()
+        if self._out_frag:
+            raise InvalidState("a fragmented message is being sent")
+        codec = self._codec
+        if codec is not None and compress:
+            return encode_frame(
+                opcode, codec.compress(bytes(payload)), rsv1=True, mask=not self._server
+            )
+        return encode_frame(opcode, payload, mask=not self._server)
+
+    def send_fragment(
+        self, opcode: int, payload: bytes | bytearray | memoryview, *, fin: bool
+    ) -> bytes:
+        """One frame of a fragmented message: TEXT/BINARY first, then CONT frames.
+
+        Fragmented messages are sent uncompressed: compressing each fragment well
+        would need a streaming compressor per message, and the whole point of
+        fragments is to send without holding the message.
+        """
+        self._check_can_send()
+        if self._out_frag:
+            if opcode != 0:
+                raise InvalidState("a fragmented message is already being sent")
+        elif opcode not in (_TEXT, _BINARY):
+            raise InvalidState("a fragmented message starts with TEXT or BINARY")
+        else:
+            self._out_frag = opcode
+        if fin:
+            self._out_frag = 0
+        return encode_frame(opcode, payload, fin=fin, mask=not self._server)
+
+    def send_ping(self, payload: bytes = b"") -> bytes:
+        self._check_can_send()
+        if len(payload) > 125:
+            raise ValueError("a ping payload is at most 125 bytes")
+        return encode_frame(_PING, payload, mask=not self._server)
+
+    def send_pong(self, payload: bytes = b"") -> bytes:
+        self._check_can_send()
+        if len(payload) > 125:
+            raise ValueError("a pong payload is at most 125 bytes")
+        return encode_frame(_PONG, payload, mask=not self._server)
+
+    def send_close(self, code: int | None = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
+        """Start (or answer) the closing handshake; ``None`` sends an empty close frame."""
+        if self._close_sent is not None:
+            return b""
+        payload = encode_close_payload(code, reason)
+        self._close_sent = (code, reason)
+        self._out_frag = 0
+        return encode_frame(_CLOSE, payload, mask=not self._server)
+
+    def close_reply(self) -> bytes:
+        """The answer to the peer's close frame: its code echoed (RFC 6455 §5.5.1)."""
+        rcvd = self._close_rcvd
+        if rcvd is None or self._close_sent is not None:
+            return b""
+        code: int | None = rcvd.code
+        if code == CloseCode.NO_STATUS_RCVD:
+            code = None
+        return self.send_close(code)
+
+    def fail(self, code: int, reason: str = "") -> bytes:
+        """The close frame that fails the connection (empty if one was already sent)."""
+        self._failed = True
+        reason_b = reason.encode()
+        if len(reason_b) > 123:
+            reason = reason_b[:123].decode(errors="ignore")
+        return self.send_close(code, reason)
