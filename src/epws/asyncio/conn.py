@@ -217,7 +217,11 @@ class Conn(asyncio.Protocol):
         reader = self._reader
         if reader is not None and queue and not reader.done():
             reader.set_result(None)
-        if len(queue) >= self._max_queue and not self._read_paused:
+        if (
+            len(queue) >= self._max_queue
+            and not self._read_paused
+            and proto.close_sent is None  # closing: read on to the peer's close frame
+        ):
             self._read_paused = True
             self.transport.pause_reading()
 
@@ -315,11 +319,13 @@ class Conn(asyncio.Protocol):
         if self._close_timer is None:
             self._close_timer = self.loop.call_later(self.close_timeout, transport.abort)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int | None = 1000, reason: str = "") -> None:
         """Run the closing handshake: send a close frame, wait for the peer's, close TCP.
 
-        Waits at most :attr:`close_timeout` seconds, then drops the connection. Safe to
-        call from any task, more than once, and after the connection is gone.
+        ``code=None`` sends a close frame with no payload (the peer reports 1005), as
+        gorilla's chat does when it evicts a client. Waits at most
+        :attr:`close_timeout` seconds, then drops the connection. Safe to call from any
+        task, more than once, and after the connection is gone.
         """
         if self._closed:
             return
@@ -330,6 +336,10 @@ class Conn(asyncio.Protocol):
             transport.write(frame)
             if proto.close_rcvd is not None:
                 self._finish_closing(failed=False)
+        if self._read_paused and not transport.is_closing():
+            # The peer's close frame is behind the unread data: read on to find it.
+            self._read_paused = False
+            transport.resume_reading()
         try:
             async with asyncio.timeout(self.close_timeout):
                 await asyncio.shield(self._lost)
@@ -369,6 +379,8 @@ class Conn(asyncio.Protocol):
         """Wait for the next message: ``str`` for text, ``bytes`` for binary."""
         queue = self._events
         while True:
+            if type(self._error) is TimeoutError:
+                raise TimeoutError("read deadline exceeded")
             if queue:
                 ev = queue[0]
                 kind = type(ev)
@@ -446,9 +458,12 @@ class Conn(asyncio.Protocol):
 
     # ------------------------------------------------------------ writing
 
-    def _check_writable(self) -> None:
+    def _check_open(self) -> None:
         if self._closed or self._proto.close_sent is not None:
             raise self._raise_error() if self._closed else self._closed_error()
+
+    def _check_writable(self) -> None:
+        self._check_open()
         if self._writer_task is not None and self._writer_task is not asyncio.current_task():
             raise ConcurrencyError("a fragmented message is being written by another task")
 
@@ -557,21 +572,22 @@ class Conn(asyncio.Protocol):
 
         ``data`` identifies the ping (at most 125 bytes); if empty, a unique one is made.
         """
-        self._check_writable()
+        self._check_open()
         if not data:
             data = os.urandom(4)
             while data in self._pings:
                 data = os.urandom(4)
         elif data in self._pings:
             raise ConcurrencyError("a ping with the same payload is already waiting for its pong")
+        frame = self._proto.send_ping(data)  # validates the size before registering
         fut: asyncio.Future[float] = self.loop.create_future()
         self._pings[data] = (fut, self.loop.time())
-        self.transport.write(self._proto.send_ping(data))
+        self.transport.write(frame)
         return fut
 
     async def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat, RFC 6455 §5.5.3)."""
-        self._check_writable()
+        self._check_open()
         self.transport.write(self._proto.send_pong(data))
 
     def _on_pong(self, payload: bytes) -> None:

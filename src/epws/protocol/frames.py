@@ -12,6 +12,7 @@ import os
 import struct
 
 __all__ = [
+    "SPEEDUPS",
     "CloseCode",
     "Opcode",
     "apply_mask",
@@ -68,11 +69,12 @@ def is_valid_close_code(code: int) -> bool:
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
-def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3).
 
     Pure Python: one big-integer XOR is far faster than a byte loop, because
-    CPython does the work in C over machine words.
+    CPython does the work in C over machine words. The C accelerator, when built,
+    replaces it (see :data:`SPEEDUPS`).
     """
     n = len(data)
     if n == 0:
@@ -81,6 +83,17 @@ def apply_mask(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
     if len(key) != n:
         key = key[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+try:
+    if os.environ.get("EPWS_NO_EXTENSION"):
+        raise ImportError("disabled by EPWS_NO_EXTENSION")
+    from .._speedups import apply_mask
+except ImportError:
+    apply_mask = _apply_mask_py
+
+#: True when the C accelerator is in use (False with EPWS_NO_EXTENSION=1).
+SPEEDUPS = apply_mask is not _apply_mask_py
 
 
 def encode_frame(
