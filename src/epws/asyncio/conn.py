@@ -87,6 +87,8 @@ class Conn(asyncio.Protocol):
         "_read_deadline",
         "_read_paused",
         "_reader",
+        "_wpending",
+        "_wpending_size",
         "_write_deadline",
         "_write_limit",
         "_write_paused",
@@ -137,6 +139,9 @@ class Conn(asyncio.Protocol):
         self._lost: asyncio.Future[None] = self.loop.create_future()
         self._closed = False
         self._write_limit = write_limit
+        # Corked writes: frames written during one loop iteration go out in one call.
+        self._wpending: list[bytes] = []
+        self._wpending_size = 0
 
     # ------------------------------------------------------------ properties
 
@@ -162,7 +167,9 @@ class Conn(asyncio.Protocol):
     def buffered_amount(self) -> int:
         """Bytes handed to the transport and not yet sent (like the browser API's)."""
         transport = self.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        if transport is None:
+            return 0
+        return transport.get_write_buffer_size() + self._wpending_size
 
     @property
     def remote_address(self) -> Any:
@@ -180,6 +187,40 @@ class Conn(asyncio.Protocol):
             return rcvd.code
         return 1006 if self._closed else None
 
+    # ------------------------------------------------------------ corking
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data`` for the transport; everything queued in one loop iteration
+        goes out in one write (one system call instead of one per frame).
+
+        Once the queue and the transport's buffer together pass the write limit the
+        queue is flushed at once, so the transport sees the pressure (and pauses
+        writers) exactly as without corking, and memory stays within the limit plus
+        one frame.
+        """
+        pending = self._wpending
+        if not pending:
+            self.loop.call_soon(self._flush)
+        pending.append(data)
+        size = self._wpending_size + len(data)
+        self._wpending_size = size
+        if size + self.transport.get_write_buffer_size() >= self._write_limit:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self._wpending
+        if not pending:
+            return
+        self._wpending = []
+        self._wpending_size = 0
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if len(pending) == 1:
+            transport.write(pending[0])
+        else:
+            transport.writelines(pending)
+
     # ------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -191,7 +232,7 @@ class Conn(asyncio.Protocol):
         events = proto.receive_data(data)
         out = proto.data_to_send()
         if out:
-            self.transport.write(out)
+            self._write(out)
         if not events:
             return
         queue = self._events
@@ -291,13 +332,13 @@ class Conn(asyncio.Protocol):
         if type(ev) is Close:
             reply = proto.close_reply()
             if reply and not transport.is_closing():
-                transport.write(reply)
+                self._write(reply)
             self._finish_closing(failed=False)
         else:
             error = ev.error  # type: ignore[union-attr]
             frame = proto.fail(error.code, str(error))
             if frame and not transport.is_closing():
-                transport.write(frame)
+                self._write(frame)
             self._error = self._closed_error(error)
             self._finish_closing(failed=True)
 
@@ -306,6 +347,7 @@ class Conn(asyncio.Protocol):
         transport = self.transport
         if transport.is_closing():
             return
+        self._flush()
         if self.side is Side.SERVER and not failed:
             transport.close()
             return
@@ -333,7 +375,8 @@ class Conn(asyncio.Protocol):
         transport = self.transport
         if proto.close_sent is None and not transport.is_closing():
             frame = proto.send_close(code, reason)
-            transport.write(frame)
+            self._write(frame)
+            self._flush()
             if proto.close_rcvd is not None:
                 self._finish_closing(failed=False)
         if self._read_paused and not transport.is_closing():
@@ -482,7 +525,7 @@ class Conn(asyncio.Protocol):
             frame = proto.send_text(data, compress=compress)
         else:
             frame = proto.send_binary(data, compress=compress)  # type: ignore[arg-type]
-        self.transport.write(frame)
+        self._write(frame)
         if self._write_paused:
             await self._drain()
 
@@ -492,7 +535,7 @@ class Conn(asyncio.Protocol):
         """gorilla's WriteMessage: send ``data`` as a message of ``message_type``."""
         payload = data.encode() if isinstance(data, str) else data
         self._check_writable()
-        self.transport.write(self._proto.send_message(message_type, payload, compress=compress))
+        self._write(self._proto.send_message(message_type, payload, compress=compress))
         if self._write_paused:
             await self._drain()
 
@@ -509,7 +552,7 @@ class Conn(asyncio.Protocol):
         instead of awaiting each of them.
         """
         self._check_writable()
-        self.transport.write(message.frame_for(self._proto))
+        self._write(message.frame_for(self._proto))
 
     async def _drain(self) -> None:
         if self._closed:
@@ -544,12 +587,28 @@ class Conn(asyncio.Protocol):
             async with conn.message_writer(MessageType.BINARY) as w:
                 async for chunk in source:
                     await w.write(chunk)
+
+        If the block raises after a frame went out, the message can never be completed
+        honestly (finishing it would deliver a truncated message as if whole), so the
+        connection is closed with 1011; if nothing went out yet, it stays usable.
         """
         self._check_writable()
         self._writer_task = asyncio.current_task()
         writer = MessageWriter(self, message_type)
         try:
             yield writer
+        except BaseException:
+            if writer._started and self._proto.close_sent is None and not self._closed:
+                self._write(self._proto.send_close(1011, "message writer failed"))
+                self._flush()
+                if self._proto.close_rcvd is not None:
+                    self._finish_closing(failed=False)
+                elif self._close_timer is None:
+                    self._close_timer = self.loop.call_later(
+                        self.close_timeout, self.transport.abort
+                    )
+            raise
+        else:
             await writer._finish()
         finally:
             self._writer_task = None
@@ -561,7 +620,7 @@ class Conn(asyncio.Protocol):
             frame = self._proto.send_fragment(opcode, data, fin=fin)
         except InvalidState as exc:
             raise ConcurrencyError(str(exc)) from None
-        self.transport.write(frame)
+        self._write(frame)
         if self._write_paused:
             await self._drain()
 
@@ -582,13 +641,13 @@ class Conn(asyncio.Protocol):
         frame = self._proto.send_ping(data)  # validates the size before registering
         fut: asyncio.Future[float] = self.loop.create_future()
         self._pings[data] = (fut, self.loop.time())
-        self.transport.write(frame)
+        self._write(frame)
         return fut
 
     async def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat, RFC 6455 §5.5.3)."""
         self._check_open()
-        self.transport.write(self._proto.send_pong(data))
+        self._write(self._proto.send_pong(data))
 
     def _on_pong(self, payload: bytes) -> None:
         pings = self._pings
