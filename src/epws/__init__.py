@@ -31,6 +31,7 @@ from .exceptions import (
     is_unexpected_close,
 )
 from .prepared import PreparedMessage
+from .protocol.deflate import PerMessageDeflate
 from .protocol.frames import CloseCode
 from .protocol.handshake import Request
 
@@ -52,6 +53,7 @@ __all__ = [
     "MessageType",
     "MessageWriter",
     "NegotiationError",
+    "PerMessageDeflate",
     "PreparedMessage",
     "ProtocolError",
     "Request",

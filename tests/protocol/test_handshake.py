@@ -1064,3 +1064,18 @@ def test_parse_uri(uri: str, expected: tuple[bool, str, int, str, str]) -> None:
 def test_parse_uri_invalid(uri: str) -> None:
     with pytest.raises(InvalidURI):
         parse_uri(uri)
+
+
+def test_headers_compact_keeps_every_field_and_lookup() -> None:
+    headers = Headers(
+        [("Host", "a:1"), ("X-Many", "1"), ("x-many", "2"), ("Empty", ""), ("Odd", "a: b")]
+    )
+    before = (list(headers), len(headers), headers.get_all("X-MANY"), headers.get("odd"))
+    headers.compact()
+    assert headers._items is None  # really folded
+    after = (list(headers), len(headers), headers.get_all("X-MANY"), headers.get("odd"))
+    assert before == after
+    assert after[0][3] == ("Empty", "")
+    headers.compact()
+    headers.add("Late", "x")
+    assert headers.get("late") == "x" and len(headers) == 6

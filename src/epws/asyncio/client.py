@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import ssl as ssl_module
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import HandshakeError
 from ..protocol.connection import Connection, MessageCodec, Side
+from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
     Response,
     ResponseParser,
@@ -39,7 +40,8 @@ class Dialer:
         handshake_timeout: seconds for TCP, TLS and the HTTP exchange together.
         ssl: the TLS context for ``wss://`` URLs (default: ``ssl.create_default_context()``).
         read_limit, max_queue, write_limit, close_timeout: as on :class:`~epws.Upgrader`.
-        compression: permessage-deflate offer (see epws.deflate), or None.
+        compression: permessage-deflate settings (:class:`~epws.PerMessageDeflate`;
+            offered by default, as browsers do), or None to offer nothing.
     """
 
     headers: Sequence[tuple[str, str]] = ()
@@ -51,7 +53,7 @@ class Dialer:
     max_queue: int = 16
     write_limit: int = 64 * 1024
     close_timeout: float = 10.0
-    compression: Any = None
+    compression: Any = field(default_factory=PerMessageDeflate)
 
     async def dial(self, url: str) -> Conn:
         """Connect to ``url`` (``ws://`` or ``wss://``) and return the open connection.

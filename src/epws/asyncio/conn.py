@@ -95,6 +95,8 @@ class Conn(asyncio.Protocol):
         "_writer_task",
         "close_timeout",
         "loop",
+        "on_close",
+        "on_message",
         "ping_handler",
         "pong_handler",
         "request",
@@ -123,16 +125,20 @@ class Conn(asyncio.Protocol):
         self.close_timeout = close_timeout
         self.ping_handler: Callable[[bytes], object] | None = None
         self.pong_handler: Callable[[bytes], object] | None = None
-        self._events: collections.deque[str | bytes | Close | Failure] = collections.deque()
+        self.on_message: Callable[[str | bytes], object] | None = None
+        self.on_close: Callable[[ConnectionClosed], object] | None = None
+        # Allocated on first use: most of a server's connections are idle most of the
+        # time, and an empty deque alone costs more than 600 bytes.
+        self._events: collections.deque[str | bytes | Close | Failure] | tuple[()] = ()
         self._max_queue = max_queue
         self._reader: asyncio.Future[None] | None = None
         self._read_paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._writer_task: asyncio.Task[Any] | None = None
         self._error: BaseException | None = None
         self._deferred = False  # a Close/Failure waits in the queue for the reader
-        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
         self._read_deadline: asyncio.TimerHandle | None = None
         self._write_deadline: float | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -140,7 +146,7 @@ class Conn(asyncio.Protocol):
         self._closed = False
         self._write_limit = write_limit
         # Corked writes: frames written during one loop iteration go out in one call.
-        self._wpending: list[bytes] = []
+        self._wpending: list[bytes] | None = None
         self._wpending_size = 0
 
     # ------------------------------------------------------------ properties
@@ -199,7 +205,8 @@ class Conn(asyncio.Protocol):
         one frame.
         """
         pending = self._wpending
-        if not pending:
+        if pending is None:
+            pending = self._wpending = []
             self.loop.call_soon(self._flush)
         pending.append(data)
         size = self._wpending_size + len(data)
@@ -209,9 +216,9 @@ class Conn(asyncio.Protocol):
 
     def _flush(self) -> None:
         pending = self._wpending
-        if not pending:
+        if pending is None:
             return
-        self._wpending = []
+        self._wpending = None
         self._wpending_size = 0
         transport = self.transport
         if transport.is_closing():
@@ -236,10 +243,21 @@ class Conn(asyncio.Protocol):
         if not events:
             return
         queue = self._events
+        on_message = self.on_message
         for ev in events:
             kind = type(ev)
             if kind is str or kind is bytes:
-                queue.append(ev)  # type: ignore[arg-type]
+                if on_message is not None:
+                    try:
+                        on_message(ev)  # type: ignore[arg-type]
+                    except Exception:
+                        logger.exception("on_message callback failed")
+                        self.close_nowait(1011, "internal error")
+                        return
+                    continue
+                if type(queue) is tuple:
+                    queue = self._events = collections.deque()
+                queue.append(ev)  # type: ignore[union-attr, arg-type]
             elif kind is Ping:
                 if self.ping_handler is not None:
                     self.ping_handler(ev.payload)  # type: ignore[union-attr]
@@ -247,13 +265,15 @@ class Conn(asyncio.Protocol):
                 self._on_pong(ev.payload)  # type: ignore[union-attr]
             else:
                 # Close or Failure: act now if nothing is left to read, else in turn.
+                if type(queue) is tuple:
+                    queue = self._events = collections.deque()
                 if proto.close_sent is not None:
                     self._finish_closing(failed=kind is Failure)
                 elif queue or self._deferred:
-                    queue.append(ev)  # type: ignore[arg-type]
+                    queue.append(ev)  # type: ignore[union-attr, arg-type]
                     self._deferred = True
                 else:
-                    queue.append(ev)  # type: ignore[arg-type]
+                    queue.append(ev)  # type: ignore[union-attr, arg-type]
                     self._act_on(ev)  # type: ignore[arg-type]
         reader = self._reader
         if reader is not None and queue and not reader.done():
@@ -284,26 +304,39 @@ class Conn(asyncio.Protocol):
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_exception(err)
-                waiter.exception()  # mark retrieved: a dropped writer is not a bug
-        self._drain_waiters.clear()
-        for fut, _ in self._pings.values():
-            if not fut.done():
-                fut.set_exception(err)
-                fut.exception()
-        self._pings.clear()
+        waiters = self._drain_waiters
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(err)
+                    waiter.exception()  # mark retrieved: a dropped writer is not a bug
+            self._drain_waiters = None
+        pings = self._pings
+        if pings:
+            for fut, _ in pings.values():
+                if not fut.done():
+                    fut.set_exception(err)
+                    fut.exception()
+            self._pings = None
+        on_close = self.on_close
+        if on_close is not None:
+            self.on_close = None
+            try:
+                on_close(err if isinstance(err, ConnectionClosed) else self._closed_error(exc))
+            except Exception:
+                logger.exception("on_close callback failed")
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        waiters = self._drain_waiters
+        if waiters:
+            self._drain_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # ------------------------------------------------------------ closing
 
@@ -371,24 +404,39 @@ class Conn(asyncio.Protocol):
         """
         if self._closed:
             return
-        proto = self._proto
+        self.close_nowait(code, reason)
         transport = self.transport
-        if proto.close_sent is None and not transport.is_closing():
-            frame = proto.send_close(code, reason)
-            self._write(frame)
-            self._flush()
-            if proto.close_rcvd is not None:
-                self._finish_closing(failed=False)
-        if self._read_paused and not transport.is_closing():
-            # The peer's close frame is behind the unread data: read on to find it.
-            self._read_paused = False
-            transport.resume_reading()
         try:
             async with asyncio.timeout(self.close_timeout):
                 await asyncio.shield(self._lost)
         except TimeoutError:
             transport.abort()
             await asyncio.shield(self._lost)
+
+    def close_nowait(self, code: int | None = 1000, reason: str = "") -> None:
+        """Start the closing handshake without waiting for it (safe in callbacks).
+
+        The close frame goes out now; the connection is dropped if the peer has not
+        completed the handshake within :attr:`close_timeout` seconds.
+        """
+        if self._closed:
+            return
+        proto = self._proto
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if proto.close_sent is None:
+            self._write(proto.send_close(code, reason))
+            self._flush()
+            if proto.close_rcvd is not None:
+                self._finish_closing(failed=False)
+                return
+        if self._read_paused:
+            # The peer's close frame is behind the unread data: read on to find it.
+            self._read_paused = False
+            transport.resume_reading()
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.close_timeout, transport.abort)
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
@@ -420,8 +468,10 @@ class Conn(asyncio.Protocol):
 
     async def recv(self) -> str | bytes:
         """Wait for the next message: ``str`` for text, ``bytes`` for binary."""
-        queue = self._events
+        if self.on_message is not None:
+            raise InvalidState("messages are delivered to on_message, not read")
         while True:
+            queue = self._events
             if type(self._error) is TimeoutError:
                 raise TimeoutError("read deadline exceeded")
             if queue:
@@ -558,7 +608,10 @@ class Conn(asyncio.Protocol):
         if self._closed:
             raise self._raise_error()
         waiter = self.loop.create_future()
-        self._drain_waiters.append(waiter)
+        waiters = self._drain_waiters
+        if waiters is None:
+            waiters = self._drain_waiters = []
+        waiters.append(waiter)
         deadline = self._write_deadline
         if deadline is None:
             await waiter
@@ -626,21 +679,30 @@ class Conn(asyncio.Protocol):
 
     # ------------------------------------------------------------ ping / pong
 
-    async def ping(self, data: bytes = b"") -> asyncio.Future[float]:
+    async def ping(self, data: bytes | None = None) -> asyncio.Future[float]:
         """Send a ping; the returned future gives the round-trip time when its pong arrives.
 
-        ``data`` identifies the ping (at most 125 bytes); if empty, a unique one is made.
+        ``data`` is the payload (at most 125 bytes), which the pong echoes; ``b""``
+        sends an empty ping, as gorilla's chat does. ``None`` (the default) makes a
+        unique 4-byte payload, so that concurrent pings can't be confused.
         """
         self._check_open()
-        if not data:
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
+        if data is None:
             data = os.urandom(4)
-            while data in self._pings:
+            while data in pings:
                 data = os.urandom(4)
-        elif data in self._pings:
-            raise ConcurrencyError("a ping with the same payload is already waiting for its pong")
         frame = self._proto.send_ping(data)  # validates the size before registering
+        waiting = pings.get(data)
+        if waiting is not None:
+            # The same payload is still waiting for its pong (a keepalive that is late):
+            # the pong can't tell the two apart, so both share the first one's future.
+            self._write(frame)
+            return waiting[0]
         fut: asyncio.Future[float] = self.loop.create_future()
-        self._pings[data] = (fut, self.loop.time())
+        pings[data] = (fut, self.loop.time())
         self._write(frame)
         return fut
 
@@ -651,7 +713,7 @@ class Conn(asyncio.Protocol):
 
     def _on_pong(self, payload: bytes) -> None:
         pings = self._pings
-        if payload in pings:
+        if pings and payload in pings:
             # A pong acknowledges its ping and every earlier one (RFC 6455 §5.5.3).
             now = self.loop.time()
             for key in list(pings):

@@ -14,11 +14,12 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import BadOrigin, HandshakeError
+from ..exceptions import BadOrigin, ConnectionClosed, HandshakeError
 from ..protocol.connection import Connection, MessageCodec, Side
+from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
     Request,
     RequestParser,
@@ -36,7 +37,7 @@ __all__ = ["HTTPResponse", "Server", "Upgrader", "serve"]
 
 logger = logging.getLogger("epws.server")
 
-Handler = Callable[[Conn], Awaitable[None]]
+Handler = Callable[[Conn], Awaitable[None] | None]
 ProcessRequest = Callable[[Request], "Awaitable[HTTPResponse | None] | HTTPResponse | None"]
 
 
@@ -82,7 +83,8 @@ class Upgrader:
         max_request_line, max_headers, max_header_bytes: bounds of the HTTP request,
             so a huge or endless request cannot hold memory.
         extra_headers: headers added to the 101 response.
-        compression: permessage-deflate codec factory (see epws.deflate), or None.
+        compression: permessage-deflate settings (:class:`~epws.PerMessageDeflate`;
+            on by default, as in browsers), or None to decline every offer.
     """
 
     check_origin: Callable[[Request], bool] | Sequence[str] | None = None
@@ -96,7 +98,7 @@ class Upgrader:
     max_headers: int = 128
     max_header_bytes: int = 65536
     extra_headers: Sequence[tuple[str, str]] = ()
-    compression: Any = None
+    compression: Any = field(default_factory=PerMessageDeflate)
 
     def origin_ok(self, request: Request) -> bool:
         check = self.check_origin
@@ -165,13 +167,26 @@ class Server:
 
     def _start_handler(self, conn: Conn) -> None:
         self.connections.add(conn)
-        task = asyncio.get_running_loop().create_task(self._run_handler(conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(self, conn: Conn) -> None:
         try:
-            await self.handler(conn)
+            result = self.handler(conn)
+        except Exception:
+            logger.exception("connection handler failed")
+            conn.close_nowait(1011, "internal error")
+            result = None
+        if inspect.isawaitable(result):
+            task = asyncio.get_running_loop().create_task(self._run_handler(conn, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            # Callback mode: no task; the connection lives until either side closes it.
+            conn._lost.add_done_callback(lambda _: self.connections.discard(conn))
+
+    async def _run_handler(self, conn: Conn, running: Awaitable[None]) -> None:
+        try:
+            await running
+        except ConnectionClosed:
+            # The peer went away while the handler was reading or writing: not a bug.
+            logger.debug("connection closed under the handler", exc_info=True)
         except Exception:
             logger.exception("connection handler failed")
             await conn.close(1011, "internal error")
@@ -329,6 +344,7 @@ class _HTTPProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         transport.write(response)
+        request.headers.compact()
         conn = Conn(
             proto,
             max_queue=up.max_queue,
@@ -366,8 +382,15 @@ async def serve(
     or None to go on with the upgrade. Without it, every request must be an upgrade.
     ``kwargs`` are :class:`Upgrader` fields when no ``upgrader`` is given.
 
-    When the handler returns, the connection is closed with 1000; if it raises,
-    with 1011. The connection is not usable after the handler returns.
+    An ``async`` handler runs in a task: when it returns the connection is closed
+    with 1000, if it raises with 1011 (a :class:`~epws.ConnectionClosed` escaping it is
+    the peer leaving, logged at debug level only).
+
+    A plain function handler selects the **callback mode**, for servers that hold many
+    connections: it is called once, sets :attr:`Conn.on_message` (and maybe
+    :attr:`Conn.on_close`) and returns; no task exists per connection, and the
+    connection stays open until either side closes it. Messages are then handed to
+    ``on_message`` from the protocol callback, in order, as they complete.
     """
     if upgrader is None:
         upgrader = Upgrader(**kwargs)

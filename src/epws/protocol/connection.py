@@ -128,17 +128,23 @@ class MessageCodec(Protocol):
 
     The connection owns framing, RSV1 and the size limit's bookkeeping; the codec
     only turns message payloads into compressed ones and back.
+
+    ``threshold``: messages shorter than this many bytes are sent uncompressed (RSV1
+    is per message, RFC 7692 §6), so the connection skips the codec for them.
     """
+
+    threshold: int
 
     def compress(self, data: bytes) -> bytes:
         """Compress one whole message (the result is sent with RSV1 set)."""
         ...
 
-    def decompress(self, data: bytes, max_size: int, final: bool) -> bytes:
+    def decompress(self, data: bytes, max_size: int | None, final: bool) -> bytes:
         """Inflate a chunk of a compressed message; ``final`` on its last frame's end.
 
         Must raise :class:`~epws.exceptions.MessageTooBig` rather than produce more than
-        ``max_size`` bytes (0 means no limit), so a bomb is never held in memory.
+        ``max_size`` bytes (None means no limit; 0 means not one byte more: the message
+        is already at the limit), so a bomb is never held in memory.
         """
         ...
 
@@ -385,7 +391,8 @@ class Connection:
             codec = self._codec
             assert codec is not None
             limit = self.max_size
-            chunk = codec.decompress(chunk, limit - self._msg_size if limit else 0, last)
+            # None, not 0, for "no limit": 0 is a real budget once the message is at it.
+            chunk = codec.decompress(chunk, limit - self._msg_size if limit else None, last)
         self._msg_size += len(chunk)
         if self._msg_op == _TEXT:
             parts: list[str] = self._parts  # type: ignore[assignment]
@@ -485,7 +492,7 @@ class Connection:
         if self._out_frag:
             raise InvalidState("a fragmented message is being sent")
         codec = self._codec
-        if codec is not None and compress:
+        if codec is not None and compress and len(payload) >= codec.threshold:
             return encode_frame(
                 opcode, codec.compress(bytes(payload)), rsv1=True, mask=not self._server
             )

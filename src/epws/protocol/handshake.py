@@ -101,46 +101,81 @@ class Headers:
 
     A plain dict would lose both the order and the repeats, and repeats matter here:
     two ``Host`` or two ``Sec-WebSocket-Key`` fields must be detected to be refused.
+
+    A server keeps every connection's request, so after the handshake it calls
+    :meth:`compact`: the fields are folded into one bytes block (a few hundred bytes
+    instead of a few thousand in tuples, strings and an index) and parsed again only
+    if the application looks at them.
     """
 
-    __slots__ = ("_index", "_items")
+    __slots__ = ("_index", "_items", "_packed")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = []
-        self._index: dict[str, list[str]] = {}
-        for name, value in items:
-            self.add(name, value)
+        self._items: list[tuple[str, str]] | None = list(items)
+        self._index: dict[str, list[str]] | None = None
+        self._packed: bytes | None = None
+
+    def _fields(self) -> list[tuple[str, str]]:
+        items = self._items
+        if items is None:
+            packed = self._packed or b""
+            items = self._items = [
+                (name, value)
+                for name, _, value in (
+                    line.partition(": ") for line in packed.decode("latin-1").split("\r\n") if line
+                )
+            ]
+        return items
+
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for name, value in self._fields():
+                index.setdefault(_lower(name), []).append(value)
+        return index
+
+    def compact(self) -> None:
+        """Keep the fields as one bytes block until they are looked at again."""
+        items = self._items
+        if items is not None:
+            self._packed = "".join(f"{n}: {v}\r\n" for n, v in items).encode("latin-1")
+            self._items = None
+        self._index = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default`` when it is absent."""
-        values = self._index.get(_lower(name))
+        values = self._lookup().get(_lower(name))
         return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in the order received (empty when absent)."""
-        return list(self._index.get(_lower(name), ()))
+        return list(self._lookup().get(_lower(name), ()))
 
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any earlier ones with the same name."""
-        self._items.append((name, value))
-        self._index.setdefault(_lower(name), []).append(value)
+        self._fields().append((name, value))
+        if self._index is not None:
+            self._index.setdefault(_lower(name), []).append(value)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _lower(name) in self._index
+        return isinstance(name, str) and _lower(name) in self._lookup()
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
+        return iter(self._fields())
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._fields())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return self._items == other._items
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self._fields()!r})"
 
 
 @dataclass(slots=True)

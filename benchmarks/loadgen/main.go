@@ -1,0 +1,783 @@
+// Command loadgen drives a WebSocket server on loopback and prints one JSON object
+// with what it measured. It is the load side of benchmarks/run: written in Go with
+// Debian's gorilla/websocket so that the generator, pinned to its own core, can take
+// in millions of chat lines per second and is not the limit of a Python server.
+//
+// Modes:
+//
+//	echo:    N connections, K messages in flight each; messages/s and round-trip times.
+//	chat:    R receivers and S senders on a broadcast server; delivered lines/s,
+//	         delivery latency, lost lines and receivers the server closed.
+//	idle:    open N connections, report, hold them until a line on stdin.
+//	connect: W workers that open a connection, finish the handshake and drop it.
+//
+// Every run is bounded: a watchdog ends the process after -deadline seconds.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/bits"
+	"net"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+var (
+	mode       = flag.String("mode", "echo", "echo | chat | idle | connect")
+	url        = flag.String("url", "ws://127.0.0.1:8080/ws", "server URL (loopback only)")
+	serverPID  = flag.Int("serverpid", 0, "server process id, to report its CPU use over the measured window")
+	conns      = flag.Int("conns", 1, "echo/idle: connections")
+	size       = flag.Int("size", 64, "echo: message size in bytes (>= 8)")
+	inflight   = flag.Int("inflight", 16, "echo: messages in flight per connection")
+	receivers  = flag.Int("receivers", 100, "chat: receiving connections")
+	senders    = flag.Int("senders", 4, "chat: sending connections (they receive too, not counted)")
+	rate       = flag.Float64("rate", 0, "chat: offered deliveries/s (rate x receivers); 0 = flat out")
+	window     = flag.Int("window", 32, "chat flat out: lines each sender may have outstanding")
+	lineSize   = flag.Int("linesize", 64, "chat: bytes per line (>= 32, < 512)")
+	workers    = flag.Int("workers", 16, "connect: concurrent handshakes")
+	dialConc   = flag.Int("dialconc", 64, "concurrent dials while setting up connections")
+	warmup     = flag.Float64("warmup", 0.5, "seconds of load before measuring")
+	duration   = flag.Float64("duration", 2, "seconds measured")
+	drain      = flag.Float64("drain", 3, "chat: after the senders stop, give up waiting for lines when none came for this long")
+	hold       = flag.Float64("hold", 60, "idle: longest time to hold the connections")
+	cpuProfile = flag.String("cpuprofile", "", "write a Go CPU profile of the generator to this file")
+	deadline   = flag.Float64("deadline", 120, "the process exits after this many seconds whatever happens")
+	start      = time.Now()
+)
+
+// now is the monotonic time since the process started, in nanoseconds: every
+// timestamp is taken and compared inside this one process.
+func now() int64 { return int64(time.Since(start)) }
+
+func main() {
+	flag.Parse()
+	if !strings.HasPrefix(*url, "ws://127.0.0.1:") && !strings.HasPrefix(*url, "ws://localhost:") {
+		fail("only loopback URLs are allowed: %s", *url)
+	}
+	time.AfterFunc(time.Duration(*deadline*float64(time.Second)), func() {
+		fail("deadline of %.0f s reached", *deadline)
+	})
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fail("%v", err)
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	var out map[string]any
+	switch *mode {
+	case "echo":
+		out = runEcho()
+	case "chat":
+		out = runChat()
+	case "idle":
+		out = runIdle()
+	case "connect":
+		out = runConnect()
+	default:
+		fail("unknown mode %q", *mode)
+	}
+	out["mode"] = *mode
+	emit(out)
+}
+
+func emit(v map[string]any) {
+	b, _ := json.Marshal(v)
+	fmt.Println(string(b))
+}
+
+func fail(format string, args ...any) {
+	emit(map[string]any{"mode": *mode, "error": fmt.Sprintf(format, args...)})
+	os.Exit(1)
+}
+
+// ---- latency histogram: log-linear buckets, about 1.6 % wide, no allocation per sample.
+
+const histBuckets = 128 + 57*64
+
+type hist struct{ counts [histBuckets]uint64 }
+
+func bucketOf(v int64) int {
+	if v < 0 {
+		v = 0
+	}
+	u := uint64(v)
+	if u < 128 {
+		return int(u)
+	}
+	shift := bits.Len64(u) - 7
+	return 128 + (shift-1)*64 + int(u>>uint(shift)) - 64
+}
+
+func valueOf(b int) float64 {
+	if b < 128 {
+		return float64(b)
+	}
+	shift := (b-128)/64 + 1
+	top := uint64((b-128)%64 + 64)
+	lo := top << uint(shift)
+	return float64(lo) + float64(uint64(1)<<uint(shift))/2
+}
+
+func (h *hist) add(v int64) { h.counts[bucketOf(v)]++ }
+
+func (h *hist) merge(o *hist) {
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+}
+
+// quantile returns the q-quantile in milliseconds (NaN-free: 0 when empty).
+func (h *hist) quantile(q float64) float64 {
+	var n uint64
+	for _, c := range h.counts {
+		n += c
+	}
+	if n == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(n-1)) + 1
+	var seen uint64
+	for i, c := range h.counts {
+		seen += c
+		if seen >= rank {
+			return valueOf(i) / 1e6
+		}
+	}
+	return 0
+}
+
+// ---- CPU accounting from /proc/PID/stat (utime + stime, in clock ticks).
+
+func cpuTicks(pid string) int64 {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(s[i+2:])
+	if len(f) < 13 {
+		return -1
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + st
+}
+
+// coreBusy returns, per core, the ticks spent not idle (everyone's work, ours included).
+func coreBusy() map[string]int64 {
+	out := map[string]int64{}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		var busy int64
+		for i, v := range f[1:] {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			if i != 3 && i != 4 { // idle, iowait
+				busy += n
+			}
+		}
+		out[f[0]] = busy
+	}
+	return out
+}
+
+type cpuWindow struct {
+	t0, gen0, srv0 int64
+	cores          map[string]int64
+}
+
+func beginCPU() cpuWindow {
+	return cpuWindow{now(), cpuTicks("self"), cpuTicks(strconv.Itoa(*serverPID)), coreBusy()}
+}
+
+// end returns the generator's and the server's CPU use over the window, in percent
+// of one core (the Linux clock tick is 1/100 s).
+func (w cpuWindow) end(out map[string]any) {
+	dt := float64(now()-w.t0) / 1e9
+	out["gen_cpu"] = float64(cpuTicks("self")-w.gen0) / dt
+	if *serverPID > 0 && w.srv0 >= 0 {
+		out["server_cpu"] = float64(cpuTicks(strconv.Itoa(*serverPID))-w.srv0) / dt
+	}
+	// How busy each core was in all (ours plus anyone else's work on a shared machine).
+	for name, t := range coreBusy() {
+		if t0, ok := w.cores[name]; ok {
+			out[name+"_busy"] = float64(t-t0) / dt
+		}
+	}
+}
+
+// ---- dialing
+
+func dialer(bufSize int) *websocket.Dialer {
+	return &websocket.Dialer{
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   bufSize,
+		WriteBufferSize:  bufSize,
+	}
+}
+
+// dialAll opens n connections with at most dialConc handshakes at a time.
+func dialAll(n, bufSize int) ([]*websocket.Conn, int, error) {
+	d := dialer(bufSize)
+	out := make([]*websocket.Conn, n)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, *dialConc)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, _, err := d.Dial(*url, nil)
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			out[i] = c
+		}(i)
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		msg, _ := firstErr.Load().(string)
+		return out, int(f), fmt.Errorf("%d of %d dials failed, first: %s", f, n, msg)
+	}
+	return out, 0, nil
+}
+
+func hardClose(c *websocket.Conn) {
+	if c == nil {
+		return
+	}
+	if tc, ok := c.UnderlyingConn().(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // no TIME_WAIT: thousands of runs must not exhaust ports
+	}
+	_ = c.Close()
+}
+
+func closeAll(cs []*websocket.Conn) {
+	for _, c := range cs {
+		hardClose(c)
+	}
+}
+
+// readInto reads one whole message into buf (grown as needed) and returns it.
+func readInto(c *websocket.Conn, buf []byte) ([]byte, []byte, error) {
+	_, r, err := c.NextReader()
+	if err != nil {
+		return buf, nil, err
+	}
+	n := 0
+	for {
+		if n == len(buf) {
+			nb := make([]byte, 2*len(buf))
+			copy(nb, buf)
+			buf = nb
+		}
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return buf, buf[:n], nil
+		}
+		if err != nil {
+			return buf, nil, err
+		}
+	}
+}
+
+func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+
+// ---- echo
+
+func runEcho() map[string]any {
+	if *size < 8 {
+		fail("-size must be >= 8")
+	}
+	cs, _, err := dialAll(*conns, *size+64)
+	if err != nil {
+		closeAll(cs)
+		fail("%v", err)
+	}
+	var measuring, stop atomic.Bool
+	counts := make([]int64, *conns)
+	hists := make([]*hist, *conns)
+	var errs atomic.Int64
+	for i, c := range cs {
+		hists[i] = &hist{}
+		tokens := make(chan struct{}, *inflight)
+		for k := 0; k < *inflight; k++ {
+			tokens <- struct{}{}
+		}
+		go func(c *websocket.Conn) { // writer
+			msg := bytes.Repeat([]byte{'e'}, *size)
+			for range tokens {
+				if stop.Load() {
+					return
+				}
+				binary.LittleEndian.PutUint64(msg, uint64(now()))
+				if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+					return
+				}
+			}
+		}(c)
+		go func(i int, c *websocket.Conn) { // reader
+			buf := make([]byte, *size+64)
+			h := hists[i]
+			var data []byte
+			var err error
+			for {
+				buf, data, err = readInto(c, buf)
+				if err != nil {
+					if !stop.Load() {
+						errs.Add(1)
+					}
+					return
+				}
+				if len(data) >= 8 && measuring.Load() {
+					h.add(now() - int64(binary.LittleEndian.Uint64(data)))
+					counts[i]++
+				}
+				tokens <- struct{}{}
+			}
+		}(i, c)
+	}
+	time.Sleep(seconds(*warmup))
+	cpu := beginCPU()
+	measuring.Store(true)
+	time.Sleep(seconds(*duration))
+	measuring.Store(false)
+	out := map[string]any{}
+	cpu.end(out)
+	elapsed := float64(now()-cpu.t0) / 1e9
+	stop.Store(true)
+	var total int64
+	all := &hist{}
+	for i := range cs {
+		total += counts[i]
+		all.merge(hists[i])
+	}
+	closeAll(cs)
+	out["conns"] = *conns
+	out["size"] = *size
+	out["inflight"] = *inflight
+	out["msgs_per_s"] = float64(total) / elapsed
+	out["p50_ms"] = all.quantile(0.50)
+	out["p99_ms"] = all.quantile(0.99)
+	out["conn_errors"] = errs.Load()
+	return out
+}
+
+// ---- chat
+
+// A data line is: 'm', sender (2 digits), sequence (10 digits), send time (16 hex
+// digits, ns since the generator started), then 'x' padding to -linesize bytes.
+// A sync line starts with 'y'. No whitespace at either end, so a server that trims
+// lines (the seed does) sends them back unchanged.
+
+func putLine(b []byte, sender, seq int, ts int64) {
+	b[0] = 'm'
+	b[1] = byte('0' + sender/10)
+	b[2] = byte('0' + sender%10)
+	for i, v := 12, seq; i >= 3; i-- {
+		b[i] = byte('0' + v%10)
+		v /= 10
+	}
+	const hexd = "0123456789abcdef"
+	for i, v := 28, uint64(ts); i >= 13; i-- {
+		b[i] = hexd[v&15]
+		v >>= 4
+	}
+}
+
+func parseTS(l []byte) int64 {
+	var v int64
+	for _, ch := range l[13:29] {
+		switch {
+		case ch >= '0' && ch <= '9':
+			v = v<<4 | int64(ch-'0')
+		case ch >= 'a' && ch <= 'f':
+			v = v<<4 | int64(ch-'a'+10)
+		default:
+			return -1
+		}
+	}
+	return v
+}
+
+func parseSenderSeq(l []byte) (int, int) {
+	s := int(l[1]-'0')*10 + int(l[2]-'0')
+	q := 0
+	for _, ch := range l[3:13] {
+		q = q*10 + int(ch-'0')
+	}
+	return s, q
+}
+
+type receiver struct {
+	h        hist
+	total    atomic.Int64 // data lines received since the start
+	inWindow int64        // data lines received while measuring (owner goroutine only)
+	synced   atomic.Bool
+	dropped  atomic.Bool // the server closed or reset the connection before we did
+	bad      atomic.Int64
+}
+
+func runChat() map[string]any {
+	if *lineSize < 32 || *lineSize >= 512 {
+		fail("-linesize must be in [32, 512)")
+	}
+	if *senders < 1 || *senders > 99 {
+		fail("-senders must be in [1, 99]")
+	}
+	nr, ns := *receivers, *senders
+	setupStart := now()
+	// Large read buffers: a coalescing server sends big batches, and the generator's
+	// cost is mostly read syscalls, so fewer, larger reads keep it off the limit.
+	rc, _, err := dialAll(nr, 64*1024)
+	if err != nil {
+		closeAll(rc)
+		fail("receivers: %v", err)
+	}
+	sc, _, err := dialAll(ns, 64*1024)
+	if err != nil {
+		closeAll(rc)
+		closeAll(sc)
+		fail("senders: %v", err)
+	}
+	setupS := float64(now()-setupStart) / 1e9
+
+	var measuring, stopping atomic.Bool
+	recvs := make([]*receiver, nr+ns)
+	acks := make([]chan struct{}, ns) // one token back per own line seen by a sender
+	tokens := *window
+	if *rate > 0 {
+		tokens = 1 << 16 // open loop: the bound only keeps memory finite
+	}
+	for i := range acks {
+		acks[i] = make(chan struct{}, tokens)
+		for k := 0; k < tokens; k++ {
+			acks[i] <- struct{}{}
+		}
+	}
+	all := append(append([]*websocket.Conn{}, rc...), sc...)
+	for i, c := range all {
+		r := &receiver{}
+		recvs[i] = r
+		own := -1
+		if i >= nr {
+			own = i - nr
+		}
+		go func(c *websocket.Conn, r *receiver, own int) {
+			buf := make([]byte, 64*1024)
+			var data []byte
+			var err error
+			for {
+				buf, data, err = readInto(c, buf)
+				if err != nil {
+					if !stopping.Load() {
+						r.dropped.Store(true)
+					}
+					return
+				}
+				t := now()
+				meas := measuring.Load()
+				var n int64
+				for len(data) > 0 {
+					j := bytes.IndexByte(data, '\n')
+					var l []byte
+					if j < 0 {
+						l, data = data, nil
+					} else {
+						l, data = data[:j], data[j+1:]
+					}
+					if len(l) < 29 || l[0] != 'm' {
+						if len(l) > 0 && l[0] == 'y' {
+							r.synced.Store(true)
+						} else {
+							r.bad.Add(1)
+						}
+						continue
+					}
+					n++
+					if meas {
+						r.h.add(t - parseTS(l))
+					}
+					if own >= 0 {
+						if s, _ := parseSenderSeq(l); s == own {
+							select {
+							case acks[own] <- struct{}{}:
+							default:
+							}
+						}
+					}
+				}
+				r.total.Add(n)
+				if meas {
+					r.inWindow += n
+				}
+			}
+		}(c, r, own)
+	}
+
+	// Barrier: every client, senders included, must have seen a sync line, so the
+	// server has registered all of them before any counted line is sent.
+	syncMsg := append([]byte{'y'}, bytes.Repeat([]byte{'s'}, 31)...)
+	if err := sc[0].WriteMessage(websocket.TextMessage, syncMsg); err != nil {
+		fail("sync send: %v", err)
+	}
+	syncDeadline := time.Now().Add(15 * time.Second)
+	for {
+		ok := true
+		for _, r := range recvs {
+			if !r.synced.Load() {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(syncDeadline) {
+			closeAll(all)
+			fail("not every client saw the sync line within 15 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	sent := make([]atomic.Int64, ns)
+	var stopSend atomic.Bool
+	var swg sync.WaitGroup
+	perSender := 0.0
+	if *rate > 0 {
+		perSender = *rate / float64(nr) / float64(ns)
+	}
+	for k, c := range sc {
+		swg.Add(1)
+		go func(k int, c *websocket.Conn) {
+			defer swg.Done()
+			line := bytes.Repeat([]byte{'x'}, *lineSize)
+			t0 := time.Now()
+			for seq := 0; !stopSend.Load(); seq++ {
+				if perSender > 0 {
+					due := t0.Add(time.Duration(float64(seq) / perSender * 1e9))
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				select {
+				case <-acks[k]:
+				default: // window full: wait, but notice the end of the run
+					select {
+					case <-acks[k]:
+					case <-time.After(100 * time.Millisecond):
+						seq--
+						continue
+					}
+				}
+				if stopSend.Load() {
+					return
+				}
+				putLine(line, k, seq, now())
+				if err := c.WriteMessage(websocket.TextMessage, line); err != nil {
+					return
+				}
+				sent[k].Add(1)
+			}
+		}(k, c)
+	}
+	time.Sleep(seconds(*warmup))
+	cpu := beginCPU()
+	measuring.Store(true)
+	time.Sleep(seconds(*duration))
+	measuring.Store(false)
+	out := map[string]any{}
+	cpu.end(out)
+	elapsed := float64(now()-cpu.t0) / 1e9
+	stopSend.Store(true)
+	swg.Wait()
+
+	var totalSent int64
+	for k := range sent {
+		totalSent += sent[k].Load()
+	}
+	expected := totalSent * int64(nr)
+	received := func() int64 {
+		var s int64
+		for _, r := range recvs[:nr] {
+			s += r.total.Load()
+		}
+		return s
+	}
+	// Wait for lines still on their way: until all arrived, or nothing arrived for
+	// -drain seconds (a slow server still sending is not counted as losing lines),
+	// or 20 s in all.
+	last, lastChange := received(), time.Now()
+	hardStop := time.Now().Add(20 * time.Second)
+	for last < expected && time.Since(lastChange) < seconds(*drain) && time.Now().Before(hardStop) {
+		time.Sleep(10 * time.Millisecond)
+		if n := received(); n != last {
+			last, lastChange = n, time.Now()
+		}
+	}
+	stopping.Store(true)
+	got := received()
+	closeAll(all)
+
+	h := &hist{}
+	var inWindow int64
+	evicted, sendersDropped, bad := 0, 0, int64(0)
+	for i, r := range recvs {
+		bad += r.bad.Load()
+		if i < nr {
+			h.merge(&r.h)
+			inWindow += r.inWindow
+			if r.dropped.Load() {
+				evicted++
+			}
+		} else if r.dropped.Load() {
+			sendersDropped++
+		}
+	}
+	out["receivers"] = nr
+	out["senders"] = ns
+	out["offered_deliveries_per_s"] = *rate
+	out["lines_per_s"] = float64(inWindow) / elapsed
+	out["p50_ms"] = h.quantile(0.50)
+	out["p99_ms"] = h.quantile(0.99)
+	out["sent"] = totalSent
+	out["expected"] = expected
+	out["received"] = got
+	out["lost"] = expected - got
+	out["evicted"] = evicted
+	out["senders_dropped"] = sendersDropped
+	out["bad_lines"] = bad
+	out["setup_s"] = setupS
+	return out
+}
+
+// ---- idle
+
+func runIdle() map[string]any {
+	t0 := now()
+	cs, failed, err := dialAll(*conns, 1024)
+	setup := float64(now()-t0) / 1e9
+	open := 0
+	var dropped atomic.Int64
+	for _, c := range cs {
+		if c == nil {
+			continue
+		}
+		open++
+		go func(c *websocket.Conn) { // answer pings, notice a close
+			for {
+				if _, _, err := c.NextReader(); err != nil {
+					dropped.Add(1)
+					return
+				}
+			}
+		}(c)
+	}
+	ready := map[string]any{"phase": "ready", "open": open, "failed": failed, "setup_s": setup}
+	if err != nil {
+		ready["dial_error"] = err.Error()
+	}
+	emit(ready)
+	released := make(chan struct{})
+	go func() {
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+		close(released)
+	}()
+	select {
+	case <-released:
+	case <-time.After(seconds(*hold)):
+	}
+	d := dropped.Load()
+	closeAll(cs)
+	return map[string]any{"open": open, "failed": failed, "setup_s": setup, "dropped_while_held": d}
+}
+
+// ---- connect
+
+func runConnect() map[string]any {
+	d := dialer(1024)
+	var measuring, stop atomic.Bool
+	counts := make([]int64, *workers)
+	hists := make([]*hist, *workers)
+	var errs atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := 0; w < *workers; w++ {
+		hists[w] = &hist{}
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for !stop.Load() {
+				t := now()
+				c, _, err := d.Dial(*url, nil)
+				if err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				if measuring.Load() {
+					hists[w].add(now() - t)
+					counts[w]++
+				}
+				hardClose(c)
+			}
+		}(w)
+	}
+	time.Sleep(seconds(*warmup))
+	cpu := beginCPU()
+	measuring.Store(true)
+	time.Sleep(seconds(*duration))
+	measuring.Store(false)
+	out := map[string]any{}
+	cpu.end(out)
+	elapsed := float64(now()-cpu.t0) / 1e9
+	stop.Store(true)
+	wg.Wait()
+	var total int64
+	all := &hist{}
+	for w := range counts {
+		total += counts[w]
+		all.merge(hists[w])
+	}
+	out["workers"] = *workers
+	out["handshakes_per_s"] = float64(total) / elapsed
+	out["p50_ms"] = all.quantile(0.50)
+	out["p99_ms"] = all.quantile(0.99)
+	out["errors"] = errs.Load()
+	if msg, ok := firstErr.Load().(string); ok {
+		out["first_error"] = msg
+	}
+	return out
+}

@@ -1,0 +1,9 @@
+"""``python -m epws_chat``: the same as the ``epws-chat`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,351 @@
+"""The chat server's HTTP side and command line: ``epws-chat [--addr :8080] ...``.
+
+Routes, as in the Go original's ``main.go``: ``/ws`` upgrades to a WebSocket (with the
+same-origin check, so a page from another site cannot connect); every other request
+is logged and answered by the home handler: ``/`` with GET serves ``home.html``, other
+paths get 404 and other methods 405.
+
+Unlike the original, which has no shutdown path, SIGINT and SIGTERM close every
+connection with 1001 (going away) and the process exits 0 within a bounded time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import email.utils
+import logging
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import epws
+
+from .client import Settings, serve_ws
+from .hub import Hub
+
+__all__ = ["Chat", "build_parser", "main", "make_process_request", "parse_addr", "start_chat"]
+
+logger = logging.getLogger("epws_chat")
+
+#: Where ``home.html`` is installed with the package.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+
+def parse_addr(addr: str) -> tuple[str | None, int]:
+    """Split a Go-style listen address: ``":8080"`` (every interface), ``"host:port"``,
+    ``"[::1]:8080"``."""
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        raise ValueError(f"address {addr!r} has no port (want host:port or :port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"address {addr!r}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"address {addr!r}: port out of range")
+    return (host or None), number
+
+
+def make_process_request(
+    static_dir: Path = STATIC_DIR,
+) -> Callable[[epws.Request], epws.HTTPResponse | None]:
+    """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade."""
+    page = static_dir / "home.html"
+
+    def process_request(request: epws.Request) -> epws.HTTPResponse | None:
+        if request.path == "/ws":
+            return None
+        logger.info("%s %s", request.method, request.target)
+        if request.path != "/":
+            return epws.HTTPResponse(404, "Not found\n", headers=[_NOSNIFF])
+        if request.method != "GET":
+            return epws.HTTPResponse(
+                405, "Method not allowed\n", headers=[("Allow", "GET"), _NOSNIFF]
+            )
+        return _serve_file(request, page)
+
+    return process_request
+
+
+def _serve_file(request: epws.Request, path: Path) -> epws.HTTPResponse:
+    """Serve ``path`` read afresh (edits show on reload), with conditional GET.
+
+    The page is a few kilobytes, so reading it on the loop costs less than a thread
+    hand-off would.
+    """
+    try:
+        mtime = int(path.stat().st_mtime)
+        body = path.read_bytes()
+    except OSError as exc:
+        logger.error("cannot read %s: %s", path, exc)
+        return epws.HTTPResponse(500, "Internal Server Error\n", headers=[_NOSNIFF])
+    last_modified = email.utils.formatdate(mtime, usegmt=True)
+    since = request.headers.get("If-Modified-Since")
+    if since:
+        with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+            if mtime <= email.utils.parsedate_to_datetime(since).timestamp():
+                return epws.HTTPResponse(304, headers=[("Last-Modified", last_modified)])
+    return epws.HTTPResponse(
+        200,
+        body,
+        content_type="text/html; charset=utf-8",
+        headers=[("Last-Modified", last_modified)],
+    )
+
+
+@dataclass(slots=True)
+class Chat:
+    """A running chat server: the WebSocket server and its hub."""
+
+    server: epws.Server
+    hub: Hub
+    settings: Settings
+    scheme: str
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Close every connection with 1001 (going away), within about ``timeout`` seconds.
+
+        Clients that do not answer the close frame in time are dropped, so this
+        always ends: a stuck client cannot hold the process.
+        """
+        loop = asyncio.get_running_loop()
+        server = self.server
+
+        def drop_all() -> None:
+            for conn in list(server.connections):
+                conn.abort()
+
+        timer = loop.call_later(timeout, drop_all)
+        try:
+            await server.close(1001, "going away", timeout=timeout)
+        finally:
+            timer.cancel()
+
+
+async def start_chat(
+    settings: Settings | None = None,
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    static_dir: Path = STATIC_DIR,
+    sock: socket.socket | None = None,
+) -> Chat:
+    """Start a chat server on the running loop (port 0: any free port)."""
+    settings = settings or Settings()
+    hub = Hub()
+
+    async def handler(conn: epws.Conn) -> None:
+        await serve_ws(hub, conn, settings)
+
+    upgrader = epws.Upgrader(
+        check_origin=None,  # the same-origin check, as gorilla's nil CheckOrigin
+        read_limit=settings.read_limit,
+        close_timeout=settings.write_wait,
+    )
+    server = await epws.serve(
+        handler,
+        host,
+        None if sock is not None else port,
+        upgrader=upgrader,
+        process_request=make_process_request(static_dir),
+        ssl=ssl_context,
+        sock=sock,
+    )
+    return Chat(server, hub, settings, "https" if ssl_context is not None else "http")
+
+
+def _ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; the exit status."""
+    host, port = parse_addr(args.addr)
+    context = _ssl_context(args.certfile, args.keyfile) if args.certfile else None
+    static_dir = Path(args.static) if args.static else STATIC_DIR
+    chat = await start_chat(settings, host, port, ssl_context=context, static_dir=static_dir)
+    shown = host if host is not None else "localhost"
+    if ":" in shown:
+        shown = f"[{shown}]"
+    logger.info("chat server listening on %s://%s:%d/", chat.scheme, shown, chat.port)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("second %s: dropping every connection now", signal.Signals(signum).name)
+            for conn in list(chat.server.connections):
+                conn.abort()
+            return
+        logger.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+        await chat.close(timeout=args.shutdown_timeout)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    logger.info("stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the defaults are the Go original's constants."""
+    parser = argparse.ArgumentParser(
+        prog="epws-chat",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "A web chat: open http://localhost:8080/ in several browser tabs.\n"
+            "Every message goes to every connected client; there are no names, rooms "
+            "or history.\nThe defaults match gorilla/websocket's chat example."
+        ),
+    )
+    parser.add_argument(
+        "--addr",
+        "-addr",
+        default=":8080",
+        help="listen address, host:port; ':8080' (the default) listens on every interface",
+    )
+    limits = parser.add_argument_group("connection constants")
+    limits.add_argument(
+        "--send-buffer",
+        type=int,
+        default=256,
+        metavar="N",
+        help="messages queued per client; a client whose queue is full is evicted "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
+        "--read-limit",
+        type=int,
+        default=512,
+        metavar="BYTES",
+        help="largest message accepted; a larger one closes the connection with 1009 "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
+        "--pong-wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for a pong before dropping a client; only pongs extend it "
+        "(default: %(default)s)",
+    )
+    limits.add_argument(
+        "--ping-period",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between pings; must be less than --pong-wait "
+        "(default: 9/10 of --pong-wait, 54)",
+    )
+    limits.add_argument(
+        "--write-wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds each write (messages, ping, close) may take before the client is "
+        "dropped (default: %(default)s)",
+    )
+    ops = parser.add_argument_group("operation")
+    ops.add_argument("--certfile", help="serve HTTPS/WSS with this PEM certificate (chain)")
+    ops.add_argument("--keyfile", help="private key for --certfile (if not inside it)")
+    ops.add_argument(
+        "--static",
+        metavar="DIR",
+        help="serve home.html from DIR instead of the installed copy "
+        "(the Go original serves it from the current directory)",
+    )
+    ops.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, seconds clients get to answer the 1001 close "
+        "before they are dropped (default: %(default)s)",
+    )
+    ops.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: %(default)s)",
+    )
+    ops.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop; auto (the default) uses uvloop when it is installed",
+    )
+    return parser
+
+
+def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
+    ping_period = args.ping_period if args.ping_period is not None else args.pong_wait * 9 / 10
+    try:
+        return Settings(
+            send_buffer=args.send_buffer,
+            read_limit=args.read_limit,
+            pong_wait=args.pong_wait,
+            ping_period=ping_period,
+            write_wait=args.write_wait,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("epws-chat: --loop uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``epws-chat``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = _settings(parser, args)
+    try:
+        parse_addr(args.addr)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+        try:
+            return runner.run(run(args, settings))
+        except OSError as exc:  # e.g. the port is taken: Go's log.Fatal
+            logger.critical("cannot serve on %s: %s", args.addr, exc)
+            return 1

@@ -1,0 +1,118 @@
+"""Launching Debian's Chromium under Playwright, and the chat as a real process.
+
+Playwright's own browser downloads are never used (``playwright install`` is not
+run anywhere): the test drives /usr/bin/chromium, which scripts/setup installs.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+EPWS_CHAT = Path(sys.executable).parent / "epws-chat"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def chromium(user_data_dir: Path, **options: Any) -> Iterator[Any]:
+    """A fresh persistent Chromium context; FAILS (does not skip) without Chromium."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"Chromium is missing at {CHROMIUM}: the browser test needs Debian's chromium "
+            "package (bash scripts/setup installs it; or apt-get install chromium)",
+            pytrace=False,
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(user_data_dir),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            **options,
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+class ChatServer:
+    """``epws-chat`` in a child process; its log lines are collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        assert EPWS_CHAT.exists(), f"{EPWS_CHAT} is missing: pip install -e . first"
+        self.proc = subprocess.Popen(
+            [str(EPWS_CHAT), "--addr", "127.0.0.1:0", "--loop", "asyncio", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        match = self.wait_for(r"listening on (\w+)://[^:]+:(\d+)/", timeout=15)
+        self.scheme, self.port = match.group(1), int(match.group(2))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 10) -> re.Match[str]:
+        """The ``count``-th log line matching ``pattern``, waiting for it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [m for m in map(re.compile(pattern).search, self.lines) if m]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    raise AssertionError(f"no {count}x {pattern!r} in log: {self.lines}")
+                self._cond.wait(left)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self._thread.join(timeout=5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._thread.join(timeout=5)
