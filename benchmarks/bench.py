@@ -40,7 +40,15 @@ GOCHAT = HERE / ".build" / "gochat"  # the Go reference server (servers/gochat)
 SERVER_CPU = "0"  # taskset core of the server
 GEN_CPU = "1"  # taskset core of the load generator
 
-LIBRARIES = ("epws", "websockets", "aiohttp", "picows", "gorilla")
+LIBRARIES = ("epws", "epws-async", "epws-redis2", "websockets", "aiohttp", "picows", "gorilla")
+#: Servers that only take part in some kinds of scenario: epws-async is epws's echo
+#: written with a task per connection (the README's quick start), for comparison with
+#: the callback style that the epws row uses; the chat is epws-chat either way.
+ONLY_KINDS = {"epws-async": ("echo",), "epws-redis2": ("chat",)}
+#: epws-redis2 is `epws-chat --workers 2 --broker redis://...` with its own redis-server:
+#: several processes, so it is given every core (the generator's too) and its CPU and
+#: idle memory are not measured (the generator watches one pid, the supervisor's).
+MULTI_PROCESS = {"epws-redis2": "0,1"}
 LOOPS = ("asyncio", "uvloop")
 DASH = "\u2013"  # an empty table cell
 TIMES = "\u00d7"  # the sign after a ratio
@@ -191,7 +199,6 @@ class Options:
     quiet_wait: float  # seconds in all the run may spend waiting for other work to stop
     out: Path
     quick: bool
-    epws_chat: list[str] | None  # the real chat server's command line, if installed
 
 
 @dataclass
@@ -216,21 +223,37 @@ def free_port() -> int:
         return port
 
 
-def epws_chat_command() -> list[str] | None:
-    """The real epws-chat from the benchmark venv, when the project has it."""
-    exe = Path(sys.executable).parent / "epws-chat"
-    return [str(exe)] if exe.exists() else None
+def epws_chat_command() -> list[str]:
+    """The real epws-chat from the benchmark venv (benchmarks/run installs the project)."""
+    return [str(Path(sys.executable).parent / "epws-chat")]
 
 
 def server_command(
     opts: Options, cfg: ServerConfig, kind: str, port: int
 ) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if cfg.library == "epws" and kind == "chat" and opts.epws_chat:
+    if cfg.library == "epws-redis2":
+        cmd = [
+            *epws_chat_command(),
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--loop",
+            cfg.loop,
+            "--log-level",
+            "WARNING",
+            "--shutdown-timeout",
+            "1",
+            "--workers",
+            "2",
+            "--broker",
+            env["EPWS_BENCH_REDIS"],
+        ]
+        return cmd, env
+    if cfg.library == "epws" and kind == "chat":
         # The real chat server, with its defaults (the seed's constants); logging of
         # every connection is turned down because the peers' servers log nothing.
         cmd = [
-            *opts.epws_chat,
+            *epws_chat_command(),
             "--addr",
             f"127.0.0.1:{port}",
             "--loop",
@@ -245,12 +268,14 @@ def server_command(
         return [str(GOCHAT), "-kind", kind, "-addr", f"127.0.0.1:{port}"], env
     cmd = [
         sys.executable,
-        str(SERVERS_DIR / f"{cfg.library}_server.py"),
+        str(SERVERS_DIR / f"{cfg.library.partition('-')[0]}_server.py"),
         "--kind",
         kind,
         "--port",
         str(port),
     ]
+    if cfg.library == "epws-async":
+        cmd += ["--handler", "async"]
     if cfg.loop == "uvloop":
         cmd.append("--uvloop")
     return cmd, env
@@ -261,12 +286,66 @@ def running_server(
     opts: Options, cfg: ServerConfig, kind: str, logfile: IO[bytes]
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Start a server pinned to its core, wait until it accepts, stop it afterwards."""
+    with contextlib.ExitStack() as stack:
+        if cfg.library in MULTI_PROCESS:
+            os.environ["EPWS_BENCH_REDIS"] = stack.enter_context(redis_server(logfile))
+        yield stack.enter_context(_running_server(opts, cfg, kind, logfile))
+
+
+@contextlib.contextmanager
+def redis_server(logfile: IO[bytes]) -> Iterator[str]:
+    """A redis-server of its own (no persistence) for epws-redis2; its URL."""
+    import tempfile
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+                ):
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def _running_server(
+    opts: Options, cfg: ServerConfig, kind: str, logfile: IO[bytes]
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
     cmd, env = server_command(opts, cfg, kind, port)
     logfile.write(f"\n=== {cfg.label} {kind}: {' '.join(cmd)}\n".encode())
     logfile.flush()
     proc = subprocess.Popen(
-        ["taskset", "-c", SERVER_CPU, *cmd],
+        ["taskset", "-c", MULTI_PROCESS.get(cfg.library, SERVER_CPU), *cmd],
         stdout=logfile,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -444,11 +523,18 @@ def run_all(opts: Options) -> list[Record]:
         for cfg in opts.servers:
             with (logs / f"{cfg.label}.log").open("ab") as logfile:
                 for kind, scenarios in kinds.items():
+                    if kind not in ONLY_KINDS.get(cfg.library, (kind,)):
+                        continue
                     quiet.wait()
                     records += run_group(opts, cfg, kind, scenarios, rep, logfile)
                 # Memory is measured on a fresh server (earlier runs would leave freed
                 # memory in its allocator) and once: it hardly varies between repeats.
-                if idle and rep == 0:
+                if (
+                    idle
+                    and rep == 0
+                    and "chat" in ONLY_KINDS.get(cfg.library, ("chat",))
+                    and cfg.library not in MULTI_PROCESS
+                ):
                     quiet.wait()
                     records += run_group(opts, cfg, "chat", idle, rep, logfile)
     return records
@@ -471,6 +557,8 @@ def run_group(
                     continue
                 try:
                     data = run_load(opts, sc, proc, port)
+                    if cfg.library in MULTI_PROCESS:
+                        data.pop("server_cpu", None)  # the supervisor's, not the workers'
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     data = {"error": str(exc)}
                 out.append(Record(cfg.label, sc.name, rep, data))
@@ -639,17 +727,10 @@ def write_report(opts: Options, records: list[Record], meta: dict[str, Any]) -> 
     if any(c.library == "epws" for c in opts.servers) and any(
         s.kind == "chat" for s in opts.scenarios
     ):
-        if opts.epws_chat:
-            add(
-                "epws's chat figures are the real `epws-chat` "
-                "(seed rules: evicts a client 256 messages behind)."
-            )
-        else:
-            add(
-                "**epws's chat figures come from the stand-in "
-                "`benchmarks/servers/epws_server.py --kind chat`** (same protocol, queue of 256, "
-                "eviction, coalescing): `epws-chat` was not installed."
-            )
+        add(
+            "epws's chat figures are the real `epws-chat` "
+            "(seed rules: evicts a client 256 messages (x 512 bytes) behind)."
+        )
         add(
             "The Python peers' chat servers are the simple fan-out their docs show: they buffer "
             "without bound and evict no one, so under saturation their latency grows instead of "
@@ -894,7 +975,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         quiet_wait=a.quiet_wait,
         out=a.out,
         quick=a.quick,
-        epws_chat=epws_chat_command(),
     )
 
 
@@ -927,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     log(
         f"{len(opts.servers)} servers x {len(opts.scenarios)} scenarios x {opts.repeats} repeats; "
-        f"epws chat: {'epws-chat' if opts.epws_chat else 'stand-in (epws-chat not installed)'}"
+        "epws chat: epws-chat"
     )
     started = time.monotonic()
     records = run_all(opts)

@@ -12,8 +12,11 @@ Usage::
     .venv/bin/python benchmarks/memory_idle.py            # 2,000 connections
     .venv/bin/python benchmarks/memory_idle.py -n 5000 --loop uvloop
 
-Linux only (it reads /proc). Both servers use their library's defaults, except that
-websockets runs without compression (epws has none yet) so both do the same work.
+Linux only (it reads /proc). The servers use their library's defaults; the raw
+clients offer no compression, so no server keeps a compression context. epws is
+measured in both of its styles: ``epws`` with an ``async`` handler (a task per
+connection, the README's quick start) and ``epws-callback`` with a plain-function
+handler (callback mode: no task per connection).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-LIBRARIES = ("epws", "websockets")
+LIBRARIES = ("epws", "epws-callback", "websockets")
 
 
 def raise_fd_limit(wanted: int) -> None:
@@ -57,14 +60,18 @@ def rss_bytes(pid: int) -> int:
 
 async def run_server(library: str) -> None:
     """Serve an echo endpoint on a free port, print the port, run until killed."""
-    if library == "epws":
+    if library.startswith("epws"):
         import epws
 
         async def epws_echo(conn: epws.Conn) -> None:
             async for message in conn:
                 await conn.send(message)
 
-        server = await epws.serve(epws_echo, "127.0.0.1", 0, backlog=4096)
+        def epws_echo_callback(conn: epws.Conn) -> None:
+            conn.on_message = conn.send_nowait
+
+        handler = epws_echo_callback if library == "epws-callback" else epws_echo
+        server = await epws.serve(handler, "127.0.0.1", 0, backlog=4096)
         port = server.port
     else:
         from websockets.asyncio.server import ServerConnection, serve

@@ -11,8 +11,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 
-def parse(description: str | None) -> argparse.Namespace:
+def parse(
+    description: str | None, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--kind", choices=("echo", "chat"), default="echo")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

@@ -3,10 +3,16 @@
 Routes, as in the Go original's ``main.go``: ``/ws`` upgrades to a WebSocket (with the
 same-origin check, so a page from another site cannot connect); every other request
 is logged and answered by the home handler: ``/`` with GET serves ``home.html``, other
-paths get 404 and other methods 405.
+paths get 404 and other methods 405. Rooms add one route: ``/r/<room>`` serves the
+same page, which then joins that room (``/?room=<room>`` works too).
 
 Unlike the original, which has no shutdown path, SIGINT and SIGTERM close every
 connection with 1001 (going away) and the process exits 0 within a bounded time.
+
+Scaling out (docs/deployment.md): ``--broker redis://host:port/db`` (or the environment
+variable ``EPWS_CHAT_BROKER``) shares the rooms of every process that names the same
+Redis; ``--workers N`` runs N such processes on one port (:mod:`epws_chat.workers`).
+Only :func:`make_broker` knows which broker runs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -26,10 +33,20 @@ from pathlib import Path
 
 import epws
 
-from .client import Settings, serve_ws
+from .broker import Broker, MemoryBroker
+from .client import PROTOCOL, Settings, accept, clean_room
 from .hub import Hub
 
-__all__ = ["Chat", "build_parser", "main", "make_process_request", "parse_addr", "start_chat"]
+__all__ = [
+    "BROKER_ENV",
+    "Chat",
+    "build_parser",
+    "main",
+    "make_broker",
+    "make_process_request",
+    "parse_addr",
+    "start_chat",
+]
 
 logger = logging.getLogger("epws_chat")
 
@@ -37,6 +54,37 @@ logger = logging.getLogger("epws_chat")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+#: The environment variable that chooses the broker when ``--broker`` is not given.
+BROKER_ENV = "EPWS_CHAT_BROKER"
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_broker(spec: str) -> str:
+    """``"memory"`` or ``"redis"`` for a ``--broker`` value; ValueError if it is neither."""
+    if spec == "memory":
+        return "memory"
+    scheme, sep, _ = spec.partition("://")
+    if sep and scheme in _REDIS_SCHEMES:
+        return "redis"
+    raise ValueError(
+        f"--broker {spec!r}: want 'memory' or a Redis URL "
+        "(redis://host:port/db, rediss://..., unix:///path)"
+    )
+
+
+def make_broker(spec: str, history: int) -> Broker:
+    """The broker a ``--broker`` value names; the only place that knows the kinds."""
+    if check_broker(spec) == "memory":
+        return MemoryBroker(history)
+    try:
+        from .redis_broker import RedisBroker
+    except ImportError as exc:
+        raise ValueError(
+            f"--broker {spec!r} needs the redis package: pip install 'epws[redis]' ({exc})"
+        ) from None
+    return RedisBroker(spec, history=history)
 
 
 def parse_addr(addr: str) -> tuple[str | None, int]:
@@ -66,7 +114,7 @@ def make_process_request(
         if request.path == "/ws":
             return None
         logger.info("%s %s", request.method, request.target)
-        if request.path != "/":
+        if request.path != "/" and not _is_room_page(request.path):
             return epws.HTTPResponse(404, "Not found\n", headers=[_NOSNIFF])
         if request.method != "GET":
             return epws.HTTPResponse(
@@ -75,6 +123,16 @@ def make_process_request(
         return _serve_file(request, page)
 
     return process_request
+
+
+def _is_room_page(path: str) -> bool:
+    if not path.startswith("/r/"):
+        return False
+    try:
+        clean_room(path[3:])
+    except ValueError:
+        return False
+    return True
 
 
 def _serve_file(request: epws.Request, path: Path) -> epws.HTTPResponse:
@@ -111,6 +169,7 @@ class Chat:
     hub: Hub
     settings: Settings
     scheme: str
+    pinger: asyncio.Task[None]
 
     @property
     def port(self) -> int:
@@ -130,10 +189,12 @@ class Chat:
                 conn.abort()
 
         timer = loop.call_later(timeout, drop_all)
+        self.pinger.cancel()
         try:
             await server.close(1001, "going away", timeout=timeout)
         finally:
             timer.cancel()
+            await self.hub.close()
 
 
 async def start_chat(
@@ -144,18 +205,23 @@ async def start_chat(
     ssl_context: ssl.SSLContext | None = None,
     static_dir: Path = STATIC_DIR,
     sock: socket.socket | None = None,
+    broker: Broker | None = None,
+    reuse_port: bool = False,
 ) -> Chat:
     """Start a chat server on the running loop (port 0: any free port)."""
     settings = settings or Settings()
-    hub = Hub()
+    hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait)
+    await hub.start()
 
-    async def handler(conn: epws.Conn) -> None:
-        await serve_ws(hub, conn, settings)
+    def handler(conn: epws.Conn) -> None:
+        accept(hub, settings, conn)
 
     upgrader = epws.Upgrader(
         check_origin=None,  # the same-origin check, as gorilla's nil CheckOrigin
+        subprotocols=[PROTOCOL],
         read_limit=settings.read_limit,
         close_timeout=settings.write_wait,
+        compression=None,  # as the Go original: lines are short, CPU is the budget
     )
     server = await epws.serve(
         handler,
@@ -165,8 +231,34 @@ async def start_chat(
         process_request=make_process_request(static_dir),
         ssl=ssl_context,
         sock=sock,
+        reuse_port=reuse_port,
     )
-    return Chat(server, hub, settings, "https" if ssl_context is not None else "http")
+    pinger = asyncio.get_running_loop().create_task(_keepalive(hub, settings))
+    return Chat(server, hub, settings, "https" if ssl_context is not None else "http", pinger)
+
+
+async def _keepalive(hub: Hub, settings: Settings) -> None:
+    """Go's per-client ticker and write deadline, as one timer for every client.
+
+    Every ping period each client gets an empty ping (clients that joined since the
+    last one get theirs within a period, as in Go; the pong wait is longer either way).
+    Between pings, the hub's sweep drops clients whose outgoing data has waited longer
+    than ``write_wait`` (Go's write deadline), even in a room that fell silent.
+    """
+    loop = asyncio.get_running_loop()
+    step = min(settings.ping_period, settings.write_wait / 2)
+    next_ping = loop.time() + settings.ping_period
+    while True:
+        await asyncio.sleep(step)
+        hub.sweep()
+        if loop.time() < next_ping:
+            continue
+        next_ping += settings.ping_period
+        for client in list(hub.clients):
+            conn = client.conn
+            if not conn.closed:
+                with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
+                    await conn.ping(b"")
 
 
 def _ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -180,7 +272,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     host, port = parse_addr(args.addr)
     context = _ssl_context(args.certfile, args.keyfile) if args.certfile else None
     static_dir = Path(args.static) if args.static else STATIC_DIR
-    chat = await start_chat(settings, host, port, ssl_context=context, static_dir=static_dir)
+    worker = args.worker_index is not None
+    chat = await start_chat(
+        settings,
+        host,
+        port,
+        ssl_context=context,
+        static_dir=static_dir,
+        broker=make_broker(args.broker, args.history),
+        reuse_port=worker,
+    )
     shown = host if host is not None else "localhost"
     if ":" in shown:
         shown = f"[{shown}]"
@@ -188,6 +289,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    if worker:
+        _report_to_supervisor(loop, stop)
     signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_signal(signum: int) -> None:
@@ -211,6 +314,27 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _report_to_supervisor(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """A worker tells its parent it listens (a line on stdout) and stops by itself
+    when the parent's end of its stdin closes (the parent died without stopping it)."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    fd = sys.stdin.fileno()
+
+    def on_stdin() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            if not stop.is_set():
+                logger.warning("the supervisor is gone: shutting down")
+                stop.set()
+
+    loop.add_reader(fd, on_stdin)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; the defaults are the Go original's constants."""
     parser = argparse.ArgumentParser(
@@ -218,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "A web chat: open http://localhost:8080/ in several browser tabs.\n"
-            "Every message goes to every connected client; there are no names, rooms "
-            "or history.\nThe defaults match gorilla/websocket's chat example."
+            "Every message goes to every client in the same room (/r/<room>), on every "
+            "process that shares the broker.\nThe connection defaults match "
+            "gorilla/websocket's chat example."
         ),
     )
     parser.add_argument(
@@ -269,6 +394,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each write (messages, ping, close) may take before the client is "
         "dropped (default: %(default)s)",
     )
+    scale = parser.add_argument_group("history and scaling out (docs/deployment.md)")
+    scale.add_argument(
+        "--broker",
+        default=os.environ.get(BROKER_ENV) or "memory",
+        metavar="URL",
+        help="where messages and history go: 'memory' (one process) or a Redis URL such "
+        f"as redis://127.0.0.1:6379/0 shared by every process; also ${BROKER_ENV} "
+        "(default: %(default)s)",
+    )
+    scale.add_argument(
+        "--history",
+        type=int,
+        default=100,
+        metavar="N",
+        help="messages kept per room and sent to a joining epws.chat.v1 client "
+        "(default: %(default)s)",
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes serving the same port (SO_REUSEPORT), supervised; N > 1 needs "
+        "a Redis --broker (default: %(default)s)",
+    )
+    # Set by the supervisor on the command line of each worker it starts.
+    scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     ops = parser.add_argument_group("operation")
     ops.add_argument("--certfile", help="serve HTTPS/WSS with this PEM certificate (chain)")
     ops.add_argument("--keyfile", help="private key for --certfile (if not inside it)")
@@ -310,6 +462,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sett
             pong_wait=args.pong_wait,
             ping_period=ping_period,
             write_wait=args.write_wait,
+            history=args.history,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -338,14 +491,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    try:
+        broker_kind = check_broker(args.broker)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and broker_kind == "memory":
+        parser.error(
+            f"--workers {args.workers} needs a shared broker: with --broker memory each "
+            "worker would be a separate chat; add --broker redis://HOST:PORT/DB "
+            f"(or set {BROKER_ENV})"
+        )
+    tag = f" [worker {args.worker_index} pid %(process)d]" if args.worker_index else ""
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
+    if args.workers > 1:
+        from .workers import supervise
+
+        host, port = parse_addr(args.addr)
+        return supervise(args, list(sys.argv[1:] if argv is None else argv), host, port)
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
         try:
             return runner.run(run(args, settings))
         except OSError as exc:  # e.g. the port is taken: Go's log.Fatal
             logger.critical("cannot serve on %s: %s", args.addr, exc)
             return 1
+        except ValueError as exc:  # e.g. a malformed Redis URL
+            logger.critical("%s", exc)
+            return 2

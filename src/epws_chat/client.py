@@ -1,33 +1,45 @@
 """The Client: one WebSocket connection between a browser and the hub.
 
-As in the Go original, each connection has exactly one reader (:meth:`Client.read_pump`)
-and one writer (:meth:`Client.write_pump`), which is what a WebSocket connection
-supports, and a bounded send buffer between the hub and the writer.
+The Go original runs two goroutines per connection: a read pump (the only reader) and
+a write pump (the only writer) draining a bounded send channel. Here neither needs a
+task of its own, which is what lets one process hold many thousands of connections:
 
-The send buffer is a deque plus one future: the hub appends without ever waiting
-(:meth:`Client.enqueue`) and wakes the write pump only when it is asleep, so a burst of
-messages costs one wake-up, not one per message. The write pump then takes everything
-pending at that moment and sends it as ONE text message joined with ``"\\n"``
-(coalescing), which saves system calls and frames under load.
+* the **read pump** is :meth:`Client.read_pump`, which epws calls for each message as
+  it completes (epws's callback mode: messages are handed over in order, from the
+  protocol callback, with no task and no queue per connection);
+* the **write pump** is the hub's batch flush (:meth:`Hub._flush`): once per loop
+  iteration it writes everything pending for a room as ONE message, coalesced with
+  ``"\\n"``, to every member; pings go out from one ticker for all clients;
+* the **send buffer** is the connection's outgoing buffer, bounded in bytes
+  (``send_buffer x read_limit``); past it the client is evicted.
+
+Two protocols share the server. A client that asks for no subprotocol speaks the
+seed's: text in, text lines out, no names, no history. A client that negotiates
+``epws.chat.v1`` gets one JSON object per line (still ``"\\n"``-joined and coalesced):
+a ``hello`` with its room and name, the room's recent history, then ``message``
+objects with id, room, name, text and server time; it can send
+``{"type": "message", "text": ...}`` and ``{"type": "name", "name": ...}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
+import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import epws
 
-if TYPE_CHECKING:
-    from .hub import Hub
+from .broker import BrokerError, ChatMessage, message_id_key
+from .hub import DEFAULT_ROOM, Hub
 
-__all__ = ["Client", "Settings", "normalize", "serve_ws"]
+__all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normalize"]
 
 logger = logging.getLogger("epws_chat.client")
+
+#: The subprotocol of JSON clients (the shipped page).
+PROTOCOL = "epws.chat.v1"
 
 # What Go's bytes.TrimSpace trims (unicode.IsSpace). Python's str.strip() would also
 # trim the separators U+001C..U+001F, which Go keeps; spelling the set out keeps the
@@ -36,6 +48,8 @@ _GO_SPACE = (
     "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
     "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
+
+_ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 def normalize(message: str) -> str:
@@ -47,21 +61,39 @@ def normalize(message: str) -> str:
     return message.replace("\n", " ").strip(_GO_SPACE)
 
 
+def clean_room(room: str | None) -> str:
+    """A room name from a URL: 1-64 of ``[A-Za-z0-9._-]``; anything else is refused."""
+    if not room:
+        return DEFAULT_ROOM
+    if len(room) > 64 or not _ROOM_CHARS.issuperset(room):
+        raise ValueError("a room name is 1-64 letters, digits, '.', '_' or '-'")
+    return room
+
+
+def clean_name(name: str) -> str:
+    """A display name: one line, no control characters, at most 32 characters."""
+    name = "".join(ch for ch in normalize(name) if ch.isprintable())
+    return name[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The constants of the Go original, adjustable (tests shorten the timers).
 
     Attributes:
-        send_buffer: messages a client's send buffer holds; when full the client is
-            evicted (Go: the ``send`` channel's capacity, 256).
+        send_buffer: how many full messages a client may fall behind before it is
+            evicted (Go: the ``send`` channel's capacity, 256); the bound is kept in
+            bytes, ``send_buffer x read_limit``, in the client's outgoing buffer.
         read_limit: largest message accepted, in bytes; a larger one closes the
             connection with 1009 (Go: ``maxMessageSize``, 512).
         pong_wait: seconds the read deadline lies ahead; only a pong pushes it
             forward (Go: ``pongWait``, 60 s).
         ping_period: seconds between pings; must be shorter than ``pong_wait`` so
             the pong can arrive in time (Go: ``pingPeriod`` = pongWait * 9/10, 54 s).
-        write_wait: seconds each write (message batch, ping, close frame) may take
-            (Go: ``writeWait``, 10 s).
+        write_wait: seconds a client's outgoing data may stay unsent, and a close
+            frame may wait for the peer's answer, before the connection is dropped
+            (Go: ``writeWait``, 10 s, the deadline of every write).
+        history: messages of its room an ``epws.chat.v1`` client receives on joining.
     """
 
     send_buffer: int = 256
@@ -69,6 +101,7 @@ class Settings:
     pong_wait: float = 60.0
     ping_period: float = 54.0
     write_wait: float = 10.0
+    history: int = 100
 
     def __post_init__(self) -> None:
         if self.send_buffer < 1:
@@ -79,261 +112,202 @@ class Settings:
             raise ValueError("ping_period must be positive and shorter than pong_wait")
         if self.write_wait <= 0:
             raise ValueError("write_wait must be positive")
+        if self.history < 0:
+            raise ValueError("history must not be negative")
+
+    @property
+    def send_limit(self) -> int:
+        """The send buffer's bound in bytes."""
+        return self.send_buffer * self.read_limit
 
 
 class Client:
-    """A connection's send buffer and its two pumps.
+    """One connection: its room, its name, its protocol, and its read pump.
 
     Attributes:
         hub: the hub this client is registered with.
         conn: the WebSocket connection.
-        settings: the constants in force.
-        close_error: why the read pump stopped (a ConnectionClosed or TimeoutError),
-            once it has.
+        room: the room it is in.
+        name: its display name ("" for seed-protocol clients).
+        structured: True for ``epws.chat.v1`` (JSON) clients.
+        holding: while its history loads, live messages wait here (else None).
     """
 
     __slots__ = (
-        "_blocked",
-        "_capacity",
-        "_pending",
-        "_ping_due",
-        "_send_closed",
-        "_waiter",
-        "close_error",
+        "_by_us",
+        "_pong_wait",
+        "backlog_since",
         "conn",
+        "holding",
         "hub",
+        "label",
         "name",
-        "settings",
+        "room",
+        "structured",
     )
 
-    def __init__(self, hub: Hub, conn: epws.Conn, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        conn: epws.Conn,
+        settings: Settings,
+        *,
+        room: str = DEFAULT_ROOM,
+        name: str = "",
+    ) -> None:
         self.hub = hub
         self.conn = conn
-        self.settings = settings = settings or Settings()
-        self._capacity = settings.send_buffer
-        self._pending: collections.deque[str] = collections.deque()
-        self._send_closed = False
-        self._blocked = False
-        self._ping_due = False
-        self._waiter: asyncio.Future[None] | None = None
-        self.close_error: BaseException | None = None
+        self.room = room
+        self.structured = conn.subprotocol == PROTOCOL
+        self.name = name if self.structured else ""
+        self.holding: list[ChatMessage] | None = None
+        #: Loop time since which the outgoing buffer has not been empty (None: empty).
+        self.backlog_since: float | None = None
+        self._pong_wait = settings.pong_wait
+        self._by_us = False
         address = conn.remote_address
         if isinstance(address, tuple) and len(address) >= 2:
             host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
-            self.name = f"{host}:{address[1]}"
+            self.label = f"{host}:{address[1]}"
         else:
-            self.name = str(address)
+            self.label = str(address)
 
     def __repr__(self) -> str:
-        return f"<Client {self.name}>"
+        return f"<Client {self.label}>"
 
     def __str__(self) -> str:
-        return f"client {self.name}"
+        return f"client {self.label}"
 
-    # ------------------------------------------------------- the send buffer
+    # ------------------------------------------------------------ lifecycle
 
-    @property
-    def pending(self) -> int:
-        """Messages queued and not yet taken by the write pump."""
-        return len(self._pending)
-
-    @property
-    def send_closed(self) -> bool:
-        """True once the hub closed the send buffer (unregistered or evicted)."""
-        return self._send_closed
-
-    def enqueue(self, message: str) -> bool:
-        """Queue ``message`` without waiting; False if the client must be evicted.
-
-        Called by the hub only. False means the buffer is full while the write pump
-        is stuck in a write the peer does not take (or the buffer is closed).
-
-        A full buffer whose write pump is merely waiting for its turn on the loop is
-        not a stuck client: in Go the write pump drains in parallel with the hub,
-        while here one read pump can broadcast hundreds of messages that arrived in
-        one TCP segment before any other task runs. Then the pump's work is done
-        right here: the queued messages go to the transport as one message, without
-        waiting, and the new message starts the next batch.
-        """
-        pending = self._pending
-        if self._send_closed:
-            return False
-        if len(pending) >= self._capacity and (self._blocked or not self._flush_now()):
-            return False
-        pending.append(message)
-        if self._waiter is not None:
-            self._wake()
-        return True
-
-    def _flush_now(self) -> bool:
-        """Hand everything queued to the transport at once; False if the conn is closing."""
-        pending = self._pending
-        batch = "\n".join(pending)
-        pending.clear()
-        try:
-            self.conn.write_prepared_nowait(epws.PreparedMessage(epws.MessageType.TEXT, batch))
-        except (epws.ConnectionClosed, epws.InvalidState):
-            return False
-        return True
-
-    def close_send(self) -> None:
-        """Close the send buffer: the write pump sends what is queued, then an empty close."""
-        if not self._send_closed:
-            self._send_closed = True
-            self._wake()
-
-    def _tick(self) -> None:
-        self._ping_due = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # ------------------------------------------------------------- the pumps
-
-    async def read_pump(self) -> None:
-        """Hand each message from the connection to the hub, until it fails or closes.
-
-        The only reader of the connection. Messages over ``read_limit`` make the
-        library close with 1009; the read deadline lies ``pong_wait`` ahead and only
-        pongs move it, so a peer that stops answering pings is dropped even if it
-        keeps sending messages. On the way out the client unregisters, which ends
-        the write pump.
-        """
+    def start(self, settings: Settings, *, after: str | None = None) -> None:
+        """Wire the connection's callbacks, join the room, send the history (JSON)."""
         conn = self.conn
-        loop = asyncio.get_running_loop()
-        pong_wait = self.settings.pong_wait
-        conn.read_limit = self.settings.read_limit
-        conn.set_read_deadline(loop.time() + pong_wait)
-        conn.pong_handler = _deadline_pusher(conn, loop, pong_wait)
-        broadcast = self.hub.broadcast
+        conn.read_limit = settings.read_limit
+        conn.on_message = self.read_pump
+        conn.on_close = self._closed
+        conn.pong_handler = self._pong
+        conn.set_read_deadline(conn.loop.time() + settings.pong_wait)
+        if self.structured:
+            self.holding = []
+            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+        self.hub.register(self)
+        if self.structured:
+            task = conn.loop.create_task(self._send_history(settings.history, after))
+            _JOINING.add(task)
+            task.add_done_callback(_JOINING.discard)
+
+    async def _send_history(self, limit: int, after: str | None) -> None:
+        """Send the room's recent messages, then release what arrived meanwhile."""
+        lines: list[str] = []
+        last = message_id_key(after) if after else (-1, -1)
         try:
-            while True:
-                message = await conn.recv()
-                if not isinstance(message, str):
-                    # Go broadcasts the bytes of binary messages as text; decoding
-                    # keeps the outgoing text frame valid UTF-8.
-                    message = message.decode("utf-8", "replace")
-                broadcast(normalize(message))
-        except epws.ConnectionClosed as exc:
-            self.close_error = exc
-            # As Go's IsUnexpectedCloseError(err, GoingAway, AbnormalClosure): a close
-            # frame the peer sent with any code but 1001 is worth a line. A close that
-            # answers our own (eviction) is not the peer's doing.
-            if not self._send_closed and epws.is_unexpected_close(exc, 1001, 1006):
-                level = logging.INFO if exc.code == 1000 else logging.WARNING
-                logger.log(level, "%s closed the connection: %s", self, exc)
-        except TimeoutError as exc:
-            self.close_error = exc
-            logger.debug("%s: no pong within %.3g s", self, pong_wait)
-        finally:
-            self.hub.unregister(self)
+            if limit:
+                for message in await self.hub.broker.history(self.room, after=after, limit=limit):
+                    lines.append(message.json())
+                    last = max(last, message_id_key(message.id))
+        except BrokerError as exc:
+            lines.append(_error_line(f"history unavailable: {exc}"))
+        held = self.holding or []
+        self.holding = None
+        for message in held:  # subscribed before the history was read: drop overlaps
+            if message_id_key(message.id) > last:
+                lines.append(message.json())
+        if lines:
+            self._send_line("\n".join(lines))
 
-    async def write_pump(self) -> None:
-        """Send queued messages (coalesced) and pings, until the send buffer closes.
+    def _send_line(self, text: str) -> None:
+        with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
+            self.conn.write_prepared_nowait(epws.PreparedMessage(epws.MessageType.TEXT, text))
 
-        The only writer of the connection. Every write gets a ``write_wait`` deadline:
-        a peer that does not read makes the library drop the connection then. When
-        the hub closes the send buffer, whatever is still queued goes out, then a
-        close frame with an empty payload, as the Go original does.
+    def read_pump(self, message: str | bytes) -> None:
+        """Hand one message from the connection to the hub (Go's readPump, one turn).
+
+        Messages over ``read_limit`` make the library close with 1009 before they get
+        here. Newlines become spaces and the text is trimmed, so the hub can join
+        lines with ``"\\n"``.
         """
-        conn = self.conn
-        loop = asyncio.get_running_loop()
-        settings = self.settings
-        write_wait = settings.write_wait
-        pending = self._pending
-        ticker = _Ticker(loop, settings.ping_period, self._tick)
+        if not isinstance(message, str):
+            # Go broadcasts the bytes of binary messages as text; decoding keeps the
+            # outgoing text frame valid UTF-8.
+            message = message.decode("utf-8", "replace")
+        if self.structured:
+            text = self._command(message)
+            if text is None:
+                return
+            message = text
+        self.hub.broadcast(normalize(message), room=self.room, name=self.name, sender=self)
+
+    def _command(self, line: str) -> str | None:
+        """A JSON client's message: the text to broadcast, or None for a command."""
         try:
-            while True:
-                if not pending and not self._send_closed and not self._ping_due:
-                    waiter = self._waiter = loop.create_future()
-                    await waiter
-                if pending:
-                    # Snapshot: everything queued right now becomes one message.
-                    batch = pending[0] if len(pending) == 1 else "\n".join(pending)
-                    pending.clear()
-                    conn.set_write_deadline(loop.time() + write_wait)
-                    self._blocked = True  # only observable while send() waits to drain
-                    try:
-                        await conn.send(batch)
-                    finally:
-                        self._blocked = False
-                elif self._send_closed:
-                    conn.set_write_deadline(loop.time() + write_wait)
-                    await conn.close(None)
-                    return
-                if self._ping_due:
-                    self._ping_due = False
-                    conn.set_write_deadline(loop.time() + write_wait)
-                    await conn.ping(b"")
-        except (epws.ConnectionClosed, TimeoutError):
-            # Closed, closing, or dropped by the write deadline: the read pump sees it
-            # and unregisters.
-            return
-        except Exception:
-            conn.abort()  # as Go's deferred Close: make the read pump stop too
-            raise
-        finally:
-            ticker.cancel()
-            self._waiter = None
+            command = json.loads(line)
+        except ValueError:
+            return line  # plain text from a JSON client is a message too
+        if not isinstance(command, dict):
+            return line
+        kind = command.get("type", "message")
+        if kind == "name" and isinstance(command.get("name"), str):
+            self.name = clean_name(command["name"])
+            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+            return None
+        if kind == "message" and isinstance(command.get("text"), str):
+            return str(command["text"])
+        self._send_line(_error_line(f"unknown command {str(kind)[:40]!r}"))
+        return None
+
+    def publish_failed(self, error: BrokerError) -> None:
+        """The broker could not take this client's message: tell the sender."""
+        logger.warning("%s: message not delivered: %s", self, error)
+        text = f"message not delivered: {error}"
+        self._send_line(_error_line(text) if self.structured else f"error: {text}")
+
+    def _pong(self, _payload: bytes) -> None:
+        conn = self.conn
+        conn.set_read_deadline(conn.loop.time() + self._pong_wait)
+
+    def evicted(self) -> None:
+        """The hub gave up on this client: an empty close frame, as the Go write pump
+        sends when its channel is closed; TCP goes after ``write_wait`` at the latest."""
+        self._by_us = True
+        self.conn.close_nowait(None)
+
+    def _closed(self, exc: epws.ConnectionClosed) -> None:
+        self.hub.unregister(self)
+        # As Go's IsUnexpectedCloseError(err, GoingAway, AbnormalClosure): a close
+        # frame the peer sent with any code but 1001 is worth a line. A close that
+        # answers our own (eviction) is not the peer's doing.
+        if not self._by_us and epws.is_unexpected_close(exc, 1001, 1006):
+            level = logging.INFO if exc.code == 1000 else logging.WARNING
+            logger.log(level, "%s closed the connection: %s", self, exc)
+        how = "read deadline exceeded" if "read deadline" in exc.cause else f"close code {exc.code}"
+        logger.info("%s disconnected (%s)", self, how)
 
 
-def _deadline_pusher(
-    conn: epws.Conn, loop: asyncio.AbstractEventLoop, pong_wait: float
-) -> Callable[[bytes], None]:
-    def on_pong(_payload: bytes) -> None:
-        conn.set_read_deadline(loop.time() + pong_wait)
-
-    return on_pong
+#: History loads in flight (a task only while a JSON client joins).
+_JOINING: set[asyncio.Task[None]] = set()
 
 
-class _Ticker:
-    """Calls ``callback`` every ``period`` seconds on the loop (Go's time.Ticker)."""
-
-    __slots__ = ("_callback", "_handle", "_loop", "_period")
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, period: float, callback: Callable[[], None]
-    ) -> None:
-        self._loop = loop
-        self._period = period
-        self._callback = callback
-        self._handle = loop.call_later(period, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = self._loop.call_later(self._period, self._fire)
-        self._callback()
-
-    def cancel(self) -> None:
-        self._handle.cancel()
+def _error_line(text: str) -> str:
+    return json.dumps({"type": "error", "text": text})
 
 
-async def serve_ws(hub: Hub, conn: epws.Conn, settings: Settings | None = None) -> None:
-    """Run one upgraded connection: register it, run both pumps, return when both end.
-
-    The Go handler returns at once and leaves the pumps to their goroutines; with
-    epws the connection is closed when the handler returns, so this one waits.
-    """
-    client = Client(hub, conn, settings)
-    logger.info("%s connected", client)
-    hub.register(client)
-    writer = asyncio.get_running_loop().create_task(client.write_pump())
+def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
+    """The server's handler (callback mode): make the Client and start it; no task."""
+    request = conn.request
+    query = request.query if request is not None else {}
     try:
-        await client.read_pump()
-        await writer
-    finally:
-        if not writer.done():
-            writer.cancel()
-            await asyncio.wait([writer])
-        err = client.close_error
-        if isinstance(err, epws.ConnectionClosed):
-            how = f"close code {err.code}"
-        elif isinstance(err, TimeoutError):
-            how = "read deadline exceeded"
-        else:
-            how = f"close code {conn.close_code}"
-        logger.info("%s disconnected (%s)", client, how)
+        room = clean_room((query.get("room") or [""])[0])
+    except ValueError as exc:
+        conn.close_nowait(1008, str(exc))
+        return
+    name = clean_name((query.get("name") or [""])[0])
+    after: str | None = (query.get("after") or [""])[0] or None
+    if after is not None:
+        try:
+            message_id_key(after)
+        except ValueError:
+            after = None
+    client = Client(hub, conn, settings, room=room, name=name)
+    logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
+    client.start(settings, after=after)

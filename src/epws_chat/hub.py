@@ -1,38 +1,91 @@
-"""The Hub: the single owner of the set of connected clients.
+"""The Hub: the single owner of the rooms and their clients, and the broadcast.
 
 In the Go original a hub goroutine owns the client map and three unbuffered channels
 (register, unregister, broadcast) serialize every change to it. Here the hub and all
-clients live on one event loop, which already serializes them: a plain method call
-runs to completion before any other task touches the set, so the hub needs neither a
-task of its own nor a queue in front of it (each would only add a wake-up per
-operation). Nothing in this module awaits.
+clients live on one event loop, which already serializes them: a method call runs to
+completion before anything else touches the rooms, so the hub needs neither a task of
+its own nor a queue in front of it. Nothing in this module awaits.
+
+Broadcast, and the Go write pump's coalescing, done once per room instead of once per
+client: every message delivered to a room during one loop iteration joins the room's
+pending batch; one callback at the end of the iteration joins the batch with ``"\\n"``,
+encodes it ONCE as a WebSocket frame and writes those same bytes to every member.
+Under load a batch holds many lines, so the cost per line and per recipient falls as
+the load rises, which is what the Go write pump's coalescing is for.
+
+A client's send buffer is its connection's outgoing buffer. A client whose buffer
+holds more than ``send_buffer x read_limit`` bytes (256 x 512 by default: as much as
+256 full messages, the Go channel's capacity) when a batch is written is dead or
+stuck: it is removed and closed at once, without waiting, so it never slows the hub
+or the other clients. The Go write pump's write deadline has an equivalent too: a
+client whose outgoing buffer has not once been empty for ``write_wait`` seconds when a
+batch is written is just as stuck, however small its backlog.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
+
+import epws
+
+from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Hub"]
+__all__ = ["DEFAULT_ROOM", "Hub", "Room"]
 
 logger = logging.getLogger("epws_chat.hub")
 
+#: The room of clients that ask for none: the seed's single, unnamed chat.
+DEFAULT_ROOM = "main"
+
+
+class Room:
+    """The members of one room on this process and the batch being gathered for them."""
+
+    __slots__ = ("members", "name", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: dict[Client, None] = {}  # an ordered set
+        self.pending: list[ChatMessage] | None = None
+
 
 class Hub:
-    """Registered clients, and a broadcast that never waits for any of them.
+    """Registered clients by room, and a broadcast that never waits for any of them.
 
-    Attributes:
-        clients: the registered clients, in registration order (a dict used as an
-            ordered set, so broadcasts reach clients in a stable order).
+    Args:
+        broker: where messages go and come from (default: this process only).
+        send_limit: bytes a client may have waiting to be sent before it is evicted.
+        write_wait: seconds a client's outgoing buffer may stay non-empty.
     """
 
-    __slots__ = ("clients",)
+    __slots__ = ("_loop", "broker", "clients", "rooms", "send_limit", "write_wait")
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        broker: Broker | None = None,
+        *,
+        send_limit: int = 256 * 512,
+        write_wait: float = 10.0,
+    ) -> None:
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.send_limit = send_limit
+        self.write_wait = write_wait
+        self.rooms: dict[str, Room] = {}
         self.clients: dict[Client, None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """Connect the broker; messages start flowing to the rooms."""
+        self._loop = asyncio.get_running_loop()
+        await self.broker.start(self.deliver)
+
+    async def close(self) -> None:
+        await self.broker.close()
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -40,35 +93,137 @@ class Hub:
     def __contains__(self, client: object) -> bool:
         return client in self.clients
 
+    # ------------------------------------------------------- membership
+
     def register(self, client: Client) -> None:
-        """Add ``client``: from now on it gets every broadcast message."""
+        """Add ``client`` to its room: from now on it gets the room's messages."""
+        room = self.rooms.get(client.room)
+        if room is None:
+            room = self.rooms[client.room] = Room(client.room)
+            self.broker.subscribe(client.room)
+        room.members[client] = None
         self.clients[client] = None
 
     def unregister(self, client: Client) -> None:
-        """Remove ``client`` and close its send buffer, so its write pump ends.
+        """Remove ``client``; a client the hub already evicted is left alone (no-op)."""
+        if client not in self.clients:
+            return
+        del self.clients[client]
+        self._leave(client)
 
-        A client the hub already evicted is not in the set any more: then nothing
-        happens, so a send buffer is never closed twice (the Go hub's ``if _, ok``).
-        """
-        if client in self.clients:
-            del self.clients[client]
-            client.close_send()
+    def _leave(self, client: Client) -> None:
+        room = self.rooms.get(client.room)
+        if room is None:
+            return
+        room.members.pop(client, None)
+        if not room.members:
+            del self.rooms[client.room]
+            self.broker.unsubscribe(client.room)
 
-    def broadcast(self, message: str) -> None:
-        """Queue ``message`` for every client, the sender included, without blocking.
+    def evict(self, client: Client) -> None:
+        """Remove a dead or stuck client and close it, without waiting for it."""
+        if client not in self.clients:
+            return
+        del self.clients[client]
+        self._leave(client)
+        client.evicted()
 
-        A client whose send buffer is already full is taken to be dead or stuck: it is
-        removed and its buffer closed right away, with no waiting and no retry, so one
-        stuck reader can never slow the hub or the other clients down.
-        """
-        evicted: list[Client] | None = None
-        for client in self.clients:
-            if not client.enqueue(message):
-                if evicted is None:
-                    evicted = []
-                evicted.append(client)
-        if evicted is not None:
-            for client in evicted:
-                del self.clients[client]
-                client.close_send()
+    # ------------------------------------------------------- messages
+
+    def broadcast(
+        self, text: str, *, room: str = DEFAULT_ROOM, name: str = "", sender: Client | None = None
+    ) -> None:
+        """Send ``text`` to every member of ``room`` on every process, sender included."""
+        on_error = sender.publish_failed if sender is not None else _log_publish_error
+        self.broker.publish(room, name, text, on_error)
+
+    def deliver(self, message: ChatMessage) -> None:
+        """A message for ``message.room`` (from this process or another): batch it."""
+        room = self.rooms.get(message.room)
+        if room is None:
+            return
+        pending = room.pending
+        if pending is None:
+            room.pending = [message]
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush, room)
+        else:
+            pending.append(message)
+
+    def _flush(self, room: Room) -> None:
+        """Write the room's batch: encoded once per protocol, the same bytes to all."""
+        batch = room.pending
+        room.pending = None
+        if not batch:
+            return
+        plain: epws.PreparedMessage | None = None
+        structured: epws.PreparedMessage | None = None
+        limit = self.send_limit
+        stuck: list[Client] | None = None
+        now = (self._loop or asyncio.get_running_loop()).time()
+        oldest = now - self.write_wait
+        for client in room.members:
+            if client.holding is not None:
+                client.holding.extend(batch)  # history still loading: keep the order
+                continue
+            conn = client.conn
+            buffered = conn.buffered_amount
+            if buffered:
+                since = client.backlog_since
+                if since is None:
+                    client.backlog_since = since = now
+                if buffered > limit or since < oldest:
+                    if stuck is None:
+                        stuck = []
+                    stuck.append(client)
+                    continue
+            elif client.backlog_since is not None:
+                client.backlog_since = None
+            if client.structured:
+                if structured is None:
+                    structured = epws.PreparedMessage(
+                        epws.MessageType.TEXT, "\n".join([m.json() for m in batch])
+                    )
+                message = structured
+            else:
+                if plain is None:
+                    plain = epws.PreparedMessage(
+                        epws.MessageType.TEXT, "\n".join([m.text for m in batch])
+                    )
+                message = plain
+            try:  # noqa: SIM105 - the hot loop: cheaper than contextlib.suppress
+                conn.write_prepared_nowait(message)
+            except (epws.ConnectionClosed, epws.InvalidState):
+                pass  # closing: its on_close unregisters it
+        if stuck is not None:
+            for client in stuck:
                 logger.info("evicted %s: send buffer full", client)
+                self.evict(client)
+
+    def sweep(self) -> int:
+        """Evict clients whose outgoing data has waited longer than ``write_wait``.
+
+        Batches check this as they are written; a room that falls silent writes no
+        batch, so the chat's keepalive task calls this every few seconds too. Returns
+        how many clients were evicted.
+        """
+        now = (self._loop or asyncio.get_running_loop()).time()
+        oldest = now - self.write_wait
+        stuck: list[Client] = []
+        for client in self.clients:
+            if client.conn.buffered_amount:
+                since = client.backlog_since
+                if since is None:
+                    client.backlog_since = now
+                elif since < oldest:
+                    stuck.append(client)
+            else:
+                client.backlog_since = None
+        for client in stuck:
+            logger.info("evicted %s: nothing sent for %.3g s", client, self.write_wait)
+            self.evict(client)
+        return len(stuck)
+
+
+def _log_publish_error(error: BrokerError) -> None:
+    logger.warning("message not delivered: %s", error)

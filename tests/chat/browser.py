@@ -6,18 +6,24 @@ run anywhere): the test drives /usr/bin/chromium, which scripts/setup installs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+from epws_chat.app import Chat, start_chat
+from epws_chat.broker import Broker
+
+T = TypeVar("T")
 
 CHROMIUM = Path("/usr/bin/chromium")
 EPWS_CHAT = Path(sys.executable).parent / "epws-chat"
@@ -116,3 +122,47 @@ class ChatServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self._thread.join(timeout=5)
+
+
+class ChatThread:
+    """Chat servers in this process, on an event loop in a thread of their own.
+
+    Playwright's sync API owns the test's thread; the servers run beside it. Unlike
+    :class:`ChatServer` this can stop a server and start another on the same port
+    with the same broker object, which is a restart that keeps the history.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.chats: list[Chat] = []
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, port: int = 0, broker: Broker | None = None, say: Sequence[str] = ()) -> Chat:
+        """Start a chat; the lines of ``say`` are published as it starts listening,
+        before any page can have joined again."""
+
+        async def go() -> Chat:
+            chat = await start_chat(None, "127.0.0.1", port, broker=broker)
+            for line in say:
+                chat.hub.broadcast(line, name="carol")
+            return chat
+
+        chat = self.run(go())
+        self.chats.append(chat)
+        return chat
+
+    def stop(self, chat: Chat) -> None:
+        self.run(chat.close(timeout=2))
+
+    def close(self) -> None:
+        try:
+            for chat in self.chats:
+                self.run(chat.close(timeout=2))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            self.loop.close()

@@ -54,6 +54,19 @@ async def test_other_paths_get_404(start) -> None:
             assert (status, body) == (404, b"Not found\n"), path
 
 
+async def test_room_pages_serve_the_same_page(start) -> None:
+    chat = await start()
+    page = (STATIC_DIR / "home.html").read_bytes()
+    for path in ("/r/dev", "/r/a.b_c-9", "/?room=dev"):
+        status, _, body = await http(chat.port, get(path))
+        assert (status, body) == (200, page), path
+    for path in ("/r/no%20space", "/r/a/b", "/r/" + "x" * 65, "/room/dev"):
+        status, _, body = await http(chat.port, get(path))
+        assert (status, body) == (404, b"Not found\n"), path
+    status, _, _ = await http(chat.port, get("/r/dev", "POST", "Content-Length: 0\n"))
+    assert status == 405
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD"])
 async def test_other_methods_get_405(start, method: str) -> None:
     chat = await start()

@@ -328,9 +328,16 @@ class Conn(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self.on_message is not None and not self._read_paused and not self._closed:
+            # Callback mode has no awaiting writer to slow down: stop taking input.
+            self._read_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._read_paused and self.on_message is not None and not self._closed:
+            self._read_paused = False
+            self.transport.resume_reading()
         waiters = self._drain_waiters
         if waiters:
             self._drain_waiters = None
@@ -532,7 +539,9 @@ class Conn(asyncio.Protocol):
 
         As in gorilla, a read that times out leaves the connection unusable for reading:
         this read and every later one raise :class:`TimeoutError`. The chat's pong
-        handler pushes the deadline forward on every pong.
+        handler pushes the deadline forward on every pong. In callback mode (with
+        :attr:`on_message` set) there is no read to fail, so the connection is dropped
+        and :attr:`on_close` learns why.
         """
         timer = self._read_deadline
         if timer is not None:
@@ -543,6 +552,11 @@ class Conn(asyncio.Protocol):
 
     def _read_timed_out(self) -> None:
         self._read_deadline = None
+        if self.on_message is not None:
+            if self._error is None:
+                self._error = self._closed_error(TimeoutError("read deadline exceeded"))
+            self.abort()
+            return
         if self._error is None:
             self._error = TimeoutError("read deadline exceeded")
         reader = self._reader
@@ -569,6 +583,21 @@ class Conn(asyncio.Protocol):
         transport's buffer is over the high-water mark (flow control).
         ``compress=False`` skips permessage-deflate for this message.
         """
+        self.send_nowait(data, compress=compress)
+        if self._write_paused:
+            await self._drain()
+
+    def send_nowait(
+        self, data: str | bytes | bytearray | memoryview, *, compress: bool = True
+    ) -> None:
+        """Send one message without waiting for buffer space: the callback mode's send.
+
+        The frame is queued at once (frames of one loop iteration leave in one write).
+        Nothing bounds the buffer here but the caller: watch :attr:`buffered_amount`.
+        In callback mode the connection helps: while its write buffer is over the
+        high-water mark it stops reading, so an echo-style handler cannot be made to
+        buffer without bound by a peer that sends and never reads.
+        """
         self._check_writable()
         proto = self._proto
         if type(data) is str:
@@ -576,8 +605,6 @@ class Conn(asyncio.Protocol):
         else:
             frame = proto.send_binary(data, compress=compress)  # type: ignore[arg-type]
         self._write(frame)
-        if self._write_paused:
-            await self._drain()
 
     async def write_message(
         self, message_type: MessageType, data: str | bytes, *, compress: bool = True
@@ -599,10 +626,16 @@ class Conn(asyncio.Protocol):
         """Hand a prepared message to the transport without waiting for buffer space.
 
         For fan-out: the caller watches :attr:`buffered_amount` to find slow readers
-        instead of awaiting each of them.
+        instead of awaiting each of them. With nothing corked on this connection the
+        frame goes straight to the transport: a broadcast writes each connection once
+        per batch, so corking could only add a callback per recipient.
         """
         self._check_writable()
-        self._write(message.frame_for(self._proto))
+        frame = message.frame_for(self._proto)
+        if self._wpending is None:
+            self.transport.write(frame)
+        else:
+            self._write(frame)
 
     async def _drain(self) -> None:
         if self._closed:

@@ -340,6 +340,32 @@ class Connection:
                     continue
                 # A data frame.
                 rsv = b0 & 0x70
+                if fin and not rsv and 0 < opcode <= 2 and not self._msg_op:
+                    # The common case, fast: a whole uncompressed message in one frame.
+                    # No message state is touched; rules and limits are the same.
+                    limit = self.max_size
+                    if limit and length > limit:
+                        raise MessageTooBig(
+                            f"message of at least {length} bytes "
+                            f"is over the read limit of {limit} bytes"
+                        )
+                    start = pos + hlen
+                    if end - start >= length:
+                        pos = start + length
+                        if masked:
+                            payload = apply_mask(buf[start:pos], buf[start - 4 : start])
+                        else:
+                            payload = bytes(buf[start:pos])
+                        if opcode == _TEXT:
+                            try:
+                                events.append(payload.decode())
+                            except UnicodeDecodeError as exc:
+                                raise ProtocolError(
+                                    f"invalid UTF-8 in text message: {exc.reason}", 1007
+                                ) from None
+                        else:
+                            events.append(payload)
+                        continue
                 if opcode == 0:
                     if not self._msg_op:
                         raise ProtocolError("continuation frame without a message to continue")

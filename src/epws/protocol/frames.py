@@ -69,7 +69,7 @@ def is_valid_close_code(code: int) -> bool:
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
-def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray) -> bytes:
     """XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 §5.3).
 
     Pure Python: one big-integer XOR is far faster than a byte loop, because

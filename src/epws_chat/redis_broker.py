@@ -1,0 +1,652 @@
+"""RedisBroker: many chat processes (on one machine or many) share rooms through Redis.
+
+The design is Centrifugo's Redis engine in miniature (see docs/deployment.md):
+
+* **One Lua script per message** appends it to a capped stream per room
+  (``epws:chat:<room>:log``, ``MAXLEN history``) and PUBLISHes it, with the id XADD
+  assigned, on the room's channel (``epws:chat:<room>``). The script runs atomically
+  in Redis's single thread, so the id order IS the delivery order for every process:
+  all members of a room see the same order, and history and live lines agree.
+* **Publishing never waits.** :meth:`RedisBroker.publish` queues the message; one task
+  sends everything queued during a loop iteration as ONE pipeline, and while that
+  pipeline is in flight the next batch gathers (so batches grow with the load, and a
+  process's messages reach Redis in the order it received them). A failed batch
+  reports a :class:`~epws_chat.broker.BrokerError` for each of its messages, which
+  the client turns into an error line for its sender.
+* **Interest-based subscriptions.** One pub/sub connection per process, SUBSCRIBEd
+  only to the rooms with local members; a listener task reads it and hands every
+  message to the hub in order.
+* **Robustness.** When Redis goes away the local clients keep being served: the
+  listener logs one line, reconnects with exponential backoff and jitter, resubscribes
+  to the current rooms and fills the gap of each room from its stream (XRANGE after the
+  last id delivered) before live delivery resumes, so no room loses a message that
+  reached Redis. While Redis is unreachable, publishes fail at once with a clear
+  error instead of vanishing.
+
+Only this module knows it is Redis: the hub sees the :class:`~epws_chat.broker.Broker`
+protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import urllib.parse
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from .broker import BrokerError, ChatMessage, Deliver, OnError
+
+__all__ = ["PUBLISH_SCRIPT", "RedisBroker"]
+
+logger = logging.getLogger("epws_chat.redis")
+
+#: KEYS[1]: the room's stream; ARGV: channel, body, MAXLEN, trim operator ("=" or "~").
+#: Returns the stream id, which is also the message id every process sees.
+PUBLISH_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], ARGV[3], '*', 'd', ARGV[2])
+redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
+return id
+"""
+
+#: Largest number of messages sent in one pipeline (a longer queue takes several).
+MAX_BATCH = 1000
+#: Largest number of missed messages fetched per room after a reconnect.
+MAX_FILL = 10_000
+
+_IdKey = tuple[int, int]
+_Pending = tuple[str, bytes, OnError]
+
+
+def _id_key(raw: bytes) -> _IdKey:
+    ms, _, seq = raw.partition(b"-")
+    return int(ms), int(seq)
+
+
+def _redact(url: str) -> str:
+    """The URL for logs, without its password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisBroker:
+    """The chat's broker for several processes: Redis pub/sub + a capped stream per room.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+            ``unix:///path/to/socket``.
+        history: messages kept per room (the stream's MAXLEN; exact below 100,
+            approximate above, where Redis trims whole stream nodes); it also bounds
+            how far back a reconnecting process can fill a gap.
+        prefix: prefix of the Redis keys and channels.
+        timeout: seconds a Redis command or connection attempt may take.
+        backoff: smallest and largest delay between reconnection attempts.
+        health_interval: seconds of silence on the pub/sub connection after which a
+            PING is sent; no answer within as long again counts as a lost connection
+            (a half-open TCP connection is not noticed otherwise).
+
+    Attributes:
+        recovered: messages delivered from the streams after reconnections (each one
+            would have been lost with pub/sub alone).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history: int = 100,
+        prefix: str = "epws:chat:",
+        timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        health_interval: float = 15.0,
+    ) -> None:
+        if history < 0:
+            raise ValueError("history must not be negative")
+        self.url = url
+        self.recovered = 0
+        self._shown_url = _redact(url)
+        self._history = history
+        self._prefix = prefix
+        self._timeout = timeout
+        self._backoff = backoff
+        self._health_interval = health_interval
+        no_retry = Retry(NoBackoff(), 0)  # failures are reported, never silently repeated
+        self._redis: Redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=no_retry,
+        )
+        # The pub/sub connection waits for messages indefinitely (socket_timeout None);
+        # the listener's PING watchdog replaces the timeout. RESP2 keeps pub/sub
+        # messages plain arrays.
+        self._sub_pool: ConnectionPool = ConnectionPool.from_url(
+            url,
+            socket_timeout=None,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
+            retry=no_retry,
+            protocol=2,
+        )
+        self._maxlen = str(history).encode()
+        self._trim = b"=" if history < 100 else b"~"
+        self._sha: str | None = None
+        self._deliver: Deliver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        # Subscriptions: wanted (local members), sent on the current connection, and
+        # per room an event set once it is live (see _sync_subscriptions).
+        self._rooms: set[str] = set()
+        self._sent: set[str] = set()
+        self._ready: dict[str, asyncio.Event] = {}
+        self._channels: dict[bytes, str] = {}
+        self._last: dict[str, tuple[_IdKey, bytes]] = {}  # last id delivered per room
+        self._conn: AbstractConnection | None = None
+        self._up = False
+        self._up_event: asyncio.Event | None = None
+        self._first_attempt: asyncio.Event | None = None
+        self._down_reason = "not connected to Redis yet"
+        self._listener: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._batch: list[_Pending] = []
+        self._publisher: asyncio.Task[None] | None = None
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        self._barrier_count = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self._shown_url} {'up' if self._up else 'down'}>"
+
+    # ------------------------------------------------------------- state
+
+    @property
+    def connected(self) -> bool:
+        """True while Redis is reachable and the subscriptions are in place."""
+        return self._up
+
+    async def wait_connected(self) -> None:
+        """Wait until :attr:`connected` (for health checks and tests)."""
+        if self._up_event is None:
+            raise RuntimeError("the broker is not started")
+        await self._up_event.wait()
+
+    def _channel(self, room: str) -> bytes:
+        return f"{self._prefix}{room}".encode()
+
+    def _log_key(self, room: str) -> bytes:
+        return f"{self._prefix}{room}:log".encode()
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self, deliver: Deliver) -> None:
+        """Start the listener; wait (at most ``timeout``) for the first connection.
+
+        Redis being down at start is not fatal: the chat serves its local clients
+        and the listener keeps trying, as after any loss of the connection.
+        """
+        self._deliver = deliver
+        self._loop = asyncio.get_running_loop()
+        self._up_event = asyncio.Event()
+        self._first_attempt = asyncio.Event()
+        self._listener = self._loop.create_task(self._listen_forever())
+        try:
+            async with asyncio.timeout(self._timeout + 1):
+                await self._first_attempt.wait()
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        """Send what is queued (briefly), stop the tasks, close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        publisher = self._publisher
+        if publisher is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await asyncio.shield(publisher)
+            except TimeoutError:
+                publisher.cancel()
+        failed, self._batch = self._batch, []
+        for _, _, on_error in failed:
+            on_error(BrokerError("the chat is shutting down"))
+        for task in (self._listener, self._syncer, self._publisher):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (self._listener, self._syncer, self._publisher):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._deliver = None
+        self._set_down("the chat is shutting down")
+        if self._conn is not None:
+            await self._conn.disconnect(nowait=True)
+        await self._sub_pool.disconnect()
+        await self._redis.aclose()
+
+    # ------------------------------------------------------------- subscriptions
+
+    def subscribe(self, room: str) -> None:
+        if room in self._rooms:
+            return
+        self._rooms.add(room)
+        self._channels[self._channel(room)] = room
+        self._ready[room] = asyncio.Event()
+        self._kick_syncer()
+
+    def unsubscribe(self, room: str) -> None:
+        if room not in self._rooms:
+            return
+        self._rooms.discard(room)
+        self._channels.pop(self._channel(room), None)
+        ready = self._ready.pop(room, None)
+        if ready is not None:
+            ready.set()  # nobody waits for a room without members
+        if room not in self._sent:
+            self._last.pop(room, None)
+        self._kick_syncer()
+
+    def _kick_syncer(self) -> None:
+        if self._up and self._syncer is None and self._loop is not None:
+            self._syncer = self._loop.create_task(self._sync_subscriptions())
+
+    async def _sync_subscriptions(self) -> None:
+        """Make the connection's subscriptions match the rooms with local members.
+
+        For new rooms: SUBSCRIBE, a barrier (the subscriptions are active), the
+        newest id of each room's stream, a second barrier (every live message up to
+        that id has been delivered), then that id becomes the room's last id and the
+        room is ready. Older messages are history (a joining client reads them after
+        the room is ready); newer ones arrive live or, after a reconnection, from the
+        stream. No message is delivered twice and none falls between the two.
+        """
+        try:
+            while self._up and not self._closed:
+                conn = self._conn
+                if conn is None or not conn.is_connected:
+                    return  # the listener is reconnecting and will resubscribe
+                new = [r for r in self._rooms if r not in self._sent]
+                gone = [r for r in self._sent if r not in self._rooms]
+                if not new and not gone:
+                    return
+                if gone:
+                    for room in gone:
+                        self._sent.discard(room)
+                        self._last.pop(room, None)
+                    await conn.send_command("UNSUBSCRIBE", *[self._channel(r) for r in gone])
+                if new:
+                    self._sent.update(new)
+                    await conn.send_command("SUBSCRIBE", *[self._channel(r) for r in new])
+                    await self._barrier()
+                    tops = await self._tops(new)
+                    await self._barrier()
+                    for room, top in zip(new, tops, strict=True):
+                        if room in self._sent and room in self._rooms:
+                            self._advance(room, top)
+                            self._ready[room].set()
+        except (RedisError, OSError, BrokerError, TimeoutError) as exc:
+            # The listener notices the lost connection too and resubscribes everything.
+            logger.debug("redis broker: subscription update failed: %s", exc)
+        finally:
+            self._syncer = None
+
+    async def _tops(self, rooms: list[str]) -> list[bytes]:
+        """The newest id of each room's stream ("0-0" for an empty one)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.xrevrange(self._log_key(room), count=1)
+            results: list[Any] = await pipe.execute()
+        return [entries[0][0] if entries else b"0-0" for entries in results]
+
+    def _advance(self, room: str, raw: bytes) -> None:
+        key = _id_key(raw)
+        last = self._last.get(room)
+        if last is None or key > last[0]:
+            self._last[room] = (key, raw)
+
+    # ------------------------------------------------------------- the listener
+
+    async def _listen_forever(self) -> None:
+        """Connect, listen, and after any failure reconnect with backoff and jitter."""
+        attempt = 0
+        down_since: float | None = None
+        first = True
+        assert self._first_attempt is not None
+        while not self._closed:
+            try:
+                conn, resubscribed = await self._connect()
+            except (RedisError, OSError, TimeoutError) as exc:
+                reason = _describe(exc)
+                if first or self._up or down_since is None:
+                    logger.warning(
+                        "redis broker: cannot reach %s (%s); serving local clients only, "
+                        "retrying with backoff",
+                        self._shown_url,
+                        reason,
+                    )
+                    down_since = down_since or time.monotonic()
+                self._set_down(f"Redis at {self._shown_url} is unreachable ({reason})")
+                first = False
+                self._first_attempt.set()
+                low, high = self._backoff
+                delay = min(high, low * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt = min(attempt + 1, 30)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            if down_since is None or first:
+                logger.info("redis broker: connected to %s", self._shown_url)
+            else:
+                logger.info(
+                    "redis broker: reconnected to %s after %.1f s; resubscribed %d room(s), "
+                    "recovered %d missed message(s)",
+                    self._shown_url,
+                    time.monotonic() - down_since,
+                    *resubscribed,
+                )
+            first = False
+            down_since = None
+            self._set_up()
+            self._first_attempt.set()
+            try:
+                await self._read_forever(conn)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self._closed:
+                    return
+                reason = _describe(exc)
+                logger.warning(
+                    "redis broker: lost the connection to %s (%s); local clients are still "
+                    "served, messages sent meanwhile get an error; reconnecting",
+                    self._shown_url,
+                    reason,
+                )
+                down_since = time.monotonic()
+                self._set_down(f"lost the connection to Redis at {self._shown_url} ({reason})")
+            finally:
+                await conn.disconnect(nowait=True)
+                if self._conn is conn:
+                    self._conn = None
+
+    def _set_up(self) -> None:
+        self._up = True
+        assert self._up_event is not None
+        self._up_event.set()
+        self._kick_syncer()  # rooms that changed during the connection phase
+
+    def _set_down(self, reason: str) -> None:
+        self._up = False
+        self._down_reason = reason
+        if self._up_event is not None:
+            self._up_event.clear()
+        self._sent.clear()
+        for ready in self._ready.values():
+            ready.clear()
+        barriers, self._barriers = self._barriers, {}
+        for future in barriers.values():
+            if not future.done():
+                future.set_exception(BrokerError(reason))
+
+    async def _connect(self) -> tuple[AbstractConnection, tuple[int, int]]:
+        """Open the pub/sub connection, subscribe to every room, fill each room's gap.
+
+        Returns the connection, and how many rooms were resubscribed and messages
+        recovered. Messages that arrive while the gaps are read wait in a buffer and
+        go out after them, without duplicates (ids at or below the last one
+        delivered are dropped), so each room's order is kept.
+        """
+        await self._redis.connection_pool.disconnect()  # stale after a Redis restart
+        self._sha = await self._redis.script_load(PUBLISH_SCRIPT)
+        conn: AbstractConnection = self._sub_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._conn = conn
+        try:
+            return await self._subscribe_all(conn)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            self._conn = None
+            raise
+
+    async def _subscribe_all(
+        self, conn: AbstractConnection
+    ) -> tuple[AbstractConnection, tuple[int, int]]:
+        async with asyncio.timeout(self._timeout):
+            await conn.connect()  # type: ignore[no-untyped-call]
+            rooms = list(self._rooms)
+            if not rooms:
+                return conn, (0, 0)
+            self._sent.update(rooms)
+            await conn.send_command("SUBSCRIBE", *[self._channel(r) for r in rooms])
+            buffered: list[tuple[bytes, bytes]] = []
+            await self._read_until_pong(conn, b"epws-subscribed", buffered, self._timeout)
+            # As in _sync_subscriptions: rooms this process had before fill their gap
+            # from their last id; rooms that are new meanwhile start at their top.
+            known = [r for r in rooms if r in self._last]
+            fresh = [r for r in rooms if r not in self._last]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room in known:
+                    pipe.xrange(self._log_key(room), b"(" + self._last[room][1], count=MAX_FILL)
+                for room in fresh:
+                    pipe.xrevrange(self._log_key(room), count=1)
+                results: list[Any] = await pipe.execute()
+            await self._read_until_pong(conn, b"epws-filled", buffered, self._timeout)
+        filled = self._fill(known, results[: len(known)])
+        for room, entries in zip(fresh, results[len(known) :], strict=True):
+            self._advance(room, entries[0][0] if entries else b"0-0")
+        for channel, data in buffered:
+            self._on_message(channel, data)
+        for room in rooms:
+            ready = self._ready.get(room)
+            if ready is not None and room in self._sent:
+                ready.set()
+        return conn, (len(rooms), filled)
+
+    @staticmethod
+    async def _read_until_pong(
+        conn: AbstractConnection,
+        token: bytes,
+        buffered: list[tuple[bytes, bytes]],
+        timeout: float,
+    ) -> None:
+        """Send a PING and read up to its answer, keeping the messages met on the way."""
+        await conn.send_command("PING", token)
+        while True:
+            reply = await conn.read_response(timeout=timeout)
+            if reply is None:
+                raise TimeoutError(f"no answer to PING within {timeout:g} s")
+            if isinstance(reply, list):
+                if reply[0] == b"message":
+                    buffered.append((reply[1], reply[2]))
+                elif reply[0] == b"pong" and reply[1] == token:
+                    return
+
+    def _fill(self, rooms: list[str], results: list[Any]) -> int:
+        """Deliver what each room's stream holds after the last id delivered."""
+        count = 0
+        deliver = self._deliver
+        for room, entries in zip(rooms, results, strict=True):
+            for raw, fields in entries:
+                key = _id_key(raw)
+                last = self._last.get(room)
+                if room not in self._rooms or (last is not None and key <= last[0]):
+                    continue
+                self._last[room] = (key, raw)
+                count += 1
+                if deliver is not None:
+                    deliver(self._message(room, raw, fields[b"d"]))
+        self.recovered += count
+        return count
+
+    async def _read_forever(self, conn: AbstractConnection) -> None:
+        """Hand each pub/sub message to the hub; PING after silence, fail without answer."""
+        pinged = False
+        interval = self._health_interval
+        while not self._closed:
+            reply = await conn.read_response(timeout=interval)
+            if reply is None:
+                if pinged:
+                    raise TimeoutError(f"no answer to PING within {interval:g} s")
+                await conn.send_command("PING")
+                pinged = True
+                continue
+            pinged = False
+            if isinstance(reply, list):
+                kind = reply[0]
+                if kind == b"message":
+                    self._on_message(reply[1], reply[2])
+                elif kind == b"pong" and len(reply) > 1:
+                    future = self._barriers.pop(reply[1], None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        room = self._channels.get(channel)
+        if room is None:
+            return  # a room this process left; its UNSUBSCRIBE is on its way
+        raw, _, body = data.partition(b" ")
+        key = _id_key(raw)
+        last = self._last.get(room)
+        if last is not None and key <= last[0]:
+            return  # already delivered from the stream after a reconnection
+        self._last[room] = (key, raw)
+        deliver = self._deliver
+        if deliver is not None:
+            deliver(self._message(room, raw, body))
+
+    @staticmethod
+    def _message(room: str, raw: bytes, body: bytes) -> ChatMessage:
+        name, text, sent = json.loads(body)
+        return ChatMessage(raw.decode(), room, name, text, sent)
+
+    # ------------------------------------------------------------- publishing
+
+    def publish(self, room: str, name: str, text: str, on_error: OnError) -> None:
+        if not self._up or self._closed:
+            on_error(BrokerError(self._down_reason))
+            return
+        body = json.dumps([name, text, time.time()], ensure_ascii=False, separators=(",", ":"))
+        self._batch.append((room, body.encode(), on_error))
+        if self._publisher is None:
+            assert self._loop is not None
+            self._publisher = self._loop.create_task(self._publish_batches())
+
+    async def _publish_batches(self) -> None:
+        """Send the queue as pipelines, one at a time, until it is empty."""
+        try:
+            while self._batch:
+                batch = self._batch[:MAX_BATCH]
+                del self._batch[:MAX_BATCH]
+                await self._until_subscribed({room for room, _, _ in batch})
+                try:
+                    results = await self._send_batch(batch)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    error = BrokerError(f"Redis at {self._shown_url} failed ({_describe(exc)})")
+                    for _, _, on_error in batch:
+                        on_error(error)
+                    continue
+                for (_, _, on_error), result in zip(batch, results, strict=True):
+                    if isinstance(result, Exception):
+                        on_error(BrokerError(f"Redis refused the message ({result})"))
+        finally:
+            self._publisher = None
+
+    async def _until_subscribed(self, rooms: set[str]) -> None:
+        """Wait (bounded) until this process receives ``rooms``: a client that joins
+        and speaks at once must see its own line, as with the memory broker."""
+        for room in rooms:
+            ready = self._ready.get(room)
+            if ready is not None and not ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._timeout):
+                        await ready.wait()
+
+    async def _barrier(self) -> None:
+        """Wait until the listener has delivered every message published before now.
+
+        A PING on the pub/sub connection is answered after every message Redis
+        queued for this process before it: once its answer is read, each live
+        message of what :meth:`history` just read has been delivered (to the
+        joining client's holding list, where it is dropped as a duplicate) and
+        none can arrive after the history lines.
+        """
+        conn = self._conn
+        if conn is None or not self._up or self._loop is None:
+            raise BrokerError(self._down_reason)
+        self._barrier_count += 1
+        token = b"epws-barrier-%d" % self._barrier_count
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._barriers[token] = future
+        try:
+            await conn.send_command("PING", token)
+            async with asyncio.timeout(self._timeout):
+                await future
+        finally:
+            self._barriers.pop(token, None)
+
+    async def _send_batch(self, batch: list[_Pending]) -> list[Any]:
+        results = await self._pipeline(batch)
+        if any(isinstance(r, NoScriptError) for r in results):
+            # Redis restarted (its script cache is empty): load the script again and
+            # resend the messages that did not run (NOSCRIPT means not executed).
+            self._sha = await self._redis.script_load(PUBLISH_SCRIPT)
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            retried = await self._pipeline([batch[i] for i in again])
+            for i, result in zip(again, retried, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, batch: list[_Pending]) -> list[Any]:
+        sha = self._sha
+        if sha is None:
+            sha = self._sha = await self._redis.script_load(PUBLISH_SCRIPT)
+        maxlen, trim = self._maxlen, self._trim
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, body, _ in batch:
+                pipe.evalsha(sha, 1, self._log_key(room), self._channel(room), body, maxlen, trim)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    # ------------------------------------------------------------- history
+
+    async def history(self, room: str, *, after: str | None, limit: int) -> list[ChatMessage]:
+        """The room's latest messages from its stream, oldest first.
+
+        For a room this process has just subscribed to, the read waits until the
+        subscription is confirmed: everything newer than what it returns then
+        arrives live (the client drops the overlap by id).
+        """
+        if limit <= 0:
+            return []
+        if not self._up:
+            raise BrokerError(self._down_reason)
+        ready = self._ready.get(room)
+        try:
+            if ready is not None and not ready.is_set():
+                async with asyncio.timeout(self._timeout):
+                    await ready.wait()
+            low = b"(" + after.encode() if after else b"-"
+            entries: Any = await self._redis.xrevrange(self._log_key(room), b"+", low, count=limit)
+            if entries and ready is not None and room in self._rooms:
+                await self._barrier()
+        except TimeoutError:
+            raise BrokerError("Redis did not answer in time") from None
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"Redis at {self._shown_url} failed ({_describe(exc)})") from None
+        return [self._message(room, raw, fields[b"d"]) for raw, fields in reversed(entries)]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
