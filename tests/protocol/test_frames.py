@@ -319,3 +319,19 @@ def test_close_frame_on_the_wire() -> None:
     (event,) = parse(wire, Side.CLIENT)
     assert isinstance(event, Close)
     assert (event.code, event.reason) == (1001, "bye")
+
+
+def test_accelerator_state_is_what_the_run_asked_for() -> None:
+    """scripts/test runs the suite with and without the C accelerator; make sure each
+    pass really tests what it claims (a failed build would silently fall back)."""
+    import os
+
+    from epws.protocol import frames
+
+    if os.environ.get("EPWS_NO_EXTENSION"):
+        assert frames.SPEEDUPS is False
+        assert frames.apply_mask is frames._apply_mask_py
+    elif os.environ.get("EPWS_EXPECT_EXTENSION"):
+        assert frames.SPEEDUPS is True
+    data, key = bytes(range(256)) * 3, b"\x01\x02\x03\x04"
+    assert frames.apply_mask(data, key) == frames._apply_mask_py(data, key)
