@@ -87,6 +87,7 @@ class Conn(asyncio.Protocol):
         "_read_deadline",
         "_read_paused",
         "_reader",
+        "_registry",
         "_wpending",
         "_wpending_size",
         "_write_deadline",
@@ -142,7 +143,11 @@ class Conn(asyncio.Protocol):
         self._read_deadline: asyncio.TimerHandle | None = None
         self._write_deadline: float | None = None
         self._close_timer: asyncio.TimerHandle | None = None
-        self._lost: asyncio.Future[None] = self.loop.create_future()
+        # Made when somebody first waits for TCP to go (close(), wait_closed()): an idle
+        # connection that nobody waits on never pays for a Future.
+        self._lost: asyncio.Future[None] | None = None
+        # The server's set of open connections: the connection leaves it as TCP goes.
+        self._registry: set[Conn] | None = None
         self._closed = False
         self._write_limit = write_limit
         # Corked writes: frames written during one loop iteration go out in one call.
@@ -295,8 +300,13 @@ class Conn(asyncio.Protocol):
         if self._error is None:
             self._error = self._closed_error(exc)
         err = self._error
-        if not self._lost.done():
-            self._lost.set_result(None)
+        lost = self._lost
+        if lost is not None and not lost.done():
+            lost.set_result(None)
+        registry = self._registry
+        if registry is not None:
+            self._registry = None
+            registry.discard(self)
         for timer in (self._read_deadline, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -415,10 +425,10 @@ class Conn(asyncio.Protocol):
         transport = self.transport
         try:
             async with asyncio.timeout(self.close_timeout):
-                await asyncio.shield(self._lost)
+                await asyncio.shield(self._lost_future())
         except TimeoutError:
             transport.abort()
-            await asyncio.shield(self._lost)
+            await asyncio.shield(self._lost_future())
 
     def close_nowait(self, code: int | None = 1000, reason: str = "") -> None:
         """Start the closing handshake without waiting for it (safe in callbacks).
@@ -452,7 +462,16 @@ class Conn(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed."""
-        await asyncio.shield(self._lost)
+        await asyncio.shield(self._lost_future())
+
+    def _lost_future(self) -> asyncio.Future[None]:
+        """The Future done once TCP is gone (already done if it is)."""
+        lost = self._lost
+        if lost is None:
+            lost = self._lost = self.loop.create_future()
+            if self._closed:
+                lost.set_result(None)
+        return lost
 
     async def __aenter__(self) -> Conn:
         return self
@@ -512,7 +531,7 @@ class Conn(asyncio.Protocol):
         reader = self._reader = self.loop.create_future()
         try:
             if not self._closed:
-                self._lost.add_done_callback(lambda _: _wake(reader))
+                self._lost_future().add_done_callback(lambda _: _wake(reader))
                 await reader
         finally:
             self._reader = None

@@ -167,6 +167,7 @@ class Server:
 
     def _start_handler(self, conn: Conn) -> None:
         self.connections.add(conn)
+        conn._registry = self.connections  # it leaves the set as its TCP connection goes
         try:
             result = self.handler(conn)
         except Exception:
@@ -177,9 +178,7 @@ class Server:
             task = asyncio.get_running_loop().create_task(self._run_handler(conn, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        else:
-            # Callback mode: no task; the connection lives until either side closes it.
-            conn._lost.add_done_callback(lambda _: self.connections.discard(conn))
+        # Callback mode has no task: the connection lives until either side closes it.
 
     async def _run_handler(self, conn: Conn, running: Awaitable[None]) -> None:
         try:
