@@ -38,6 +38,7 @@ from ..exceptions import (
     InvalidState,
 )
 from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
+from .deadlines import queue_for
 
 if TYPE_CHECKING:
     from ..prepared import PreparedMessage
@@ -140,7 +141,7 @@ class Conn(asyncio.Protocol):
         self._error: BaseException | None = None
         self._deferred = False  # a Close/Failure waits in the queue for the reader
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
-        self._read_deadline: asyncio.TimerHandle | None = None
+        self._read_deadline: float | None = None  # kept by deadlines.queue_for(loop)
         self._write_deadline: float | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         # Made when somebody first waits for TCP to go (close(), wait_closed()): an idle
@@ -307,10 +308,11 @@ class Conn(asyncio.Protocol):
         if registry is not None:
             self._registry = None
             registry.discard(self)
-        for timer in (self._read_deadline, self._close_timer):
-            if timer is not None:
-                timer.cancel()
-        self._read_deadline = self._close_timer = None
+        if self._read_deadline is not None:
+            self.set_read_deadline(None)
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)
@@ -562,15 +564,16 @@ class Conn(asyncio.Protocol):
         :attr:`on_message` set) there is no read to fail, so the connection is dropped
         and :attr:`on_close` learns why.
         """
-        timer = self._read_deadline
-        if timer is not None:
-            timer.cancel()
-            self._read_deadline = None
-        if when is not None and not self._closed:
-            self._read_deadline = self.loop.call_at(when, self._read_timed_out)
+        if self._closed:
+            when = None
+        old = self._read_deadline
+        if when == old:
+            return
+        self._read_deadline = when
+        queue_for(self.loop).changed(self.loop, self, old, when)
 
     def _read_timed_out(self) -> None:
-        self._read_deadline = None
+        """The read deadline passed (called by the loop's deadline queue)."""
         if self.on_message is not None:
             if self._error is None:
                 self._error = self._closed_error(TimeoutError("read deadline exceeded"))

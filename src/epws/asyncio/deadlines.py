@@ -1,0 +1,124 @@
+"""Read deadlines of every connection on a loop, behind one timer.
+
+Why not a ``loop.call_at`` per connection: a server holding 10,000 idle connections
+with a read deadline each (the chat's pong wait) would hold 10,000 timer handles, about
+150 bytes each on asyncio and 600 on uvloop, and a keepalive that pushes every deadline
+forward on each pong would cancel and re-create all of them every period. Here each
+deadline is one heap entry (a small tuple) and the loop has one timer, armed for the
+earliest deadline.
+
+Pushing a deadline forward leaves its old entry in the heap; an entry is acted on only
+if it is still its connection's current deadline. Stale entries are dropped when they
+come due, and the heap is rebuilt when they outnumber the live ones, so memory stays
+proportional to the connections that have a deadline, however often they push it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import weakref
+from typing import Protocol
+
+__all__ = ["HasDeadline", "DeadlineQueue", "queue_for"]
+
+
+class HasDeadline(Protocol):
+    """What the queue needs of a connection: its current deadline and an expiry hook."""
+
+    _read_deadline: float | None
+
+    def _read_timed_out(self) -> None: ...
+
+
+class DeadlineQueue:
+    """Deadlines of many connections on one event loop, one loop timer for all.
+
+    Holds no reference to the loop itself (it is found when the timer fires), so a
+    loop that is closed and dropped is not kept alive by its queue.
+    """
+
+    __slots__ = ("_heap", "_live", "_seq", "_timer", "_timer_when")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, HasDeadline]] = []
+        self._seq = itertools.count()
+        self._live = 0  # connections with a deadline set
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def changed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        target: HasDeadline,
+        old: float | None,
+        new: float | None,
+    ) -> None:
+        """``target``'s deadline went from ``old`` to ``new`` (either may be None)."""
+        if old is None:
+            if new is None:
+                return
+            self._live += 1
+        elif new is None:
+            self._live -= 1
+            if self._live == 0:
+                self._clear()
+            return
+        if new is None:
+            return
+        heap = self._heap
+        heapq.heappush(heap, (new, next(self._seq), target))
+        if self._timer is None or new < self._timer_when:
+            self._arm(loop, new)
+        if len(heap) > 2 * self._live + 64:
+            self._compact()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._fire)
+        self._timer_when = when
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # self._heap, not a local: an expiry callback may set other deadlines, which
+        # can rebuild the heap.
+        while self._heap and self._heap[0][0] <= now:
+            when, _, target = heapq.heappop(self._heap)
+            if target._read_deadline == when:
+                self._live -= 1
+                target._read_deadline = None
+                target._read_timed_out()
+        if not self._live:
+            self._clear()
+        elif self._heap and self._timer is None:
+            self._arm(loop, self._heap[0][0])
+
+    def _compact(self) -> None:
+        self._heap = [e for e in self._heap if e[2]._read_deadline == e[0]]
+        heapq.heapify(self._heap)
+
+    def _clear(self) -> None:
+        self._heap = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+_QUEUES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineQueue] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def queue_for(loop: asyncio.AbstractEventLoop) -> DeadlineQueue:
+    """The deadline queue of ``loop``, made on first use."""
+    queue = _QUEUES.get(loop)
+    if queue is None:
+        queue = _QUEUES[loop] = DeadlineQueue()
+    return queue

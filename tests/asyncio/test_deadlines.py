@@ -1,0 +1,122 @@
+"""The loop's deadline queue: one timer for every connection's read deadline."""
+
+from __future__ import annotations
+
+import asyncio
+
+import epws
+from epws.asyncio.deadlines import DeadlineQueue, queue_for
+
+
+class Target:
+    """Stands for a Conn: the queue only needs its deadline and the expiry hook."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+        self._read_deadline: float | None = None
+
+    def set(self, queue: DeadlineQueue, when: float | None) -> None:
+        old, self._read_deadline = self._read_deadline, when
+        queue.changed(asyncio.get_running_loop(), self, old, when)
+
+    def _read_timed_out(self) -> None:
+        assert self._read_deadline is None  # cleared before the hook runs
+        self.log.append(self.name)
+
+
+async def test_deadlines_fire_in_order_and_pushed_ones_wait() -> None:
+    loop = asyncio.get_running_loop()
+    queue = DeadlineQueue()
+    log: list[str] = []
+    a, b, c, d = (Target(n, log) for n in "abcd")
+    now = loop.time()
+    c.set(queue, now + 0.15)
+    a.set(queue, now + 0.05)
+    b.set(queue, now + 0.10)
+    d.set(queue, now + 0.02)
+    d.set(queue, None)  # cleared before it fires
+    a.set(queue, now + 0.25)  # pushed forward: its first entry is stale
+    assert len(queue) == 3
+    await asyncio.sleep(0.2)
+    assert log == ["b", "c"]
+    await asyncio.sleep(0.1)
+    assert log == ["b", "c", "a"]
+    assert len(queue) == 0 and queue._timer is None and not queue._heap
+
+
+async def test_pushing_often_keeps_the_heap_small() -> None:
+    loop = asyncio.get_running_loop()
+    queue = DeadlineQueue()
+    log: list[str] = []
+    targets = [Target(str(i), log) for i in range(100)]
+    for step in range(200):  # every target pushes its deadline 200 times
+        for t in targets:
+            t.set(queue, loop.time() + 60 + step)
+    assert len(queue) == 100
+    assert len(queue._heap) <= 2 * 100 + 64 + 1  # stale entries were dropped
+    for t in targets:
+        t.set(queue, None)
+    assert not queue._heap and queue._timer is None  # nothing left behind
+    assert log == []
+
+
+async def test_an_expiry_hook_may_set_other_deadlines() -> None:
+    loop = asyncio.get_running_loop()
+    queue = DeadlineQueue()
+    log: list[str] = []
+    late = Target("late", log)
+    others = [Target(f"o{i}", log) for i in range(200)]
+
+    class Chain(Target):
+        def _read_timed_out(self) -> None:
+            super()._read_timed_out()
+            for o in others:  # enough pushes to rebuild the heap from inside _fire
+                o.set(queue, loop.time() + 30)
+                o.set(queue, loop.time() + 31)
+            late.set(queue, loop.time() + 0.05)
+
+    Chain("first", log).set(queue, loop.time() + 0.01)
+    await asyncio.sleep(0.15)
+    assert log == ["first", "late"]
+    for o in others:
+        o.set(queue, None)
+    assert len(queue) == 0
+
+
+async def test_one_queue_per_loop_and_many_connections_time_out_on_it() -> None:
+    loop = asyncio.get_running_loop()
+    conns: list[epws.Conn] = []
+    closed: list[epws.ConnectionClosed] = []
+
+    def on_connect(conn: epws.Conn) -> None:
+        conns.append(conn)
+        conn.on_message = lambda _m: None
+        conn.on_close = closed.append
+
+    server = await epws.serve(on_connect, "127.0.0.1", 0, close_timeout=1)
+    clients = [await epws.connect(f"ws://127.0.0.1:{server.port}/") for _ in range(20)]
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if len(conns) == 20:
+                break
+        queue = queue_for(loop)
+        assert queue is queue_for(loop)
+        before = len(queue)
+        for i, conn in enumerate(conns):
+            conn.set_read_deadline(loop.time() + (0.1 if i % 2 else 30))
+        assert len(queue) == before + 20
+        async with asyncio.timeout(5):
+            while len(closed) < 10:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        assert len(closed) == 10  # the odd ones, whose deadline passed
+        assert all("read deadline" in exc.cause for exc in closed)
+        assert len(queue) == before + 10
+    finally:
+        for client in clients:
+            await client.close()
+        await server.close(timeout=2)
+    # Connections that closed took their deadlines with them.
+    assert len(queue_for(loop)) == before
