@@ -19,11 +19,8 @@ MAX_SIZE = 16 * 1024 * 1024
 
 
 def dialer() -> epws.Dialer:
-    deflate = getattr(epws, "PerMessageDeflate", None)
     return epws.Dialer(
-        read_limit=MAX_SIZE,
-        compression=deflate() if deflate is not None else None,
-        handshake_timeout=30,
+        read_limit=MAX_SIZE, compression=epws.PerMessageDeflate(), handshake_timeout=30
     )
 
 
@@ -35,8 +32,9 @@ async def case_count(url: str) -> int:
 async def run_case(url: str, case: int, agent: str) -> None:
     try:
         conn = await dialer().dial(f"{url}/runCase?case={case}&agent={agent}")
-    except epws.EpwsError as exc:
-        print(f"case {case}: handshake failed: {exc}", file=sys.stderr)
+    except (epws.EpwsError, OSError, TimeoutError) as exc:
+        # The suite grades the case from its side; the run goes on to the next one.
+        print(f"case {case}: connection failed: {exc!r}", file=sys.stderr)
         return
     with contextlib.suppress(epws.ConnectionClosed):
         async for message in conn:

@@ -30,7 +30,7 @@ async def main(host: str, port: int) -> None:
         port,
         read_limit=MAX_SIZE,
         check_origin=["*"],
-        compression=epws_compression(),
+        compression=epws.PerMessageDeflate(),
     )
     print(f"compliance server on ws://{host}:{server.port}", flush=True)
     stop = asyncio.get_running_loop().create_future()
@@ -38,12 +38,6 @@ async def main(host: str, port: int) -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
     await stop
     await server.close()
-
-
-def epws_compression() -> object | None:
-    """permessage-deflate with default settings, when this epws has it."""
-    deflate = getattr(epws, "PerMessageDeflate", None)
-    return deflate() if deflate is not None else None
 
 
 if __name__ == "__main__":

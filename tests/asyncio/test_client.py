@@ -7,10 +7,14 @@ accept key, an unoffered subprotocol, a masked frame, or frames glued to the 101
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trustme
@@ -288,6 +292,102 @@ async def test_close_glued_to_the_101_then_eof() -> None:
                 got.append(message)
         assert got == ["last words"]
         assert conn.close_code == 1001
+
+
+@pytest.mark.parametrize("bad", [b"\x03\xe7", b"\x03"])  # close code 999; a 1-byte payload
+async def test_bad_frame_glued_to_the_101_then_reset(bad: bytes) -> None:
+    """The peer fails us, then resets TCP before we answer (Autobahn's 7.* servers do).
+
+    Failing the connection half-closes TCP; on a socket the peer already reset that
+    raises OSError. It must not escape connect(): the connection is closed, and reads
+    say so at once.
+    """
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: dict[str, str]
+    ) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.write(switching(req["sec-websocket-key"]) + frame(8, bad, mask=False))
+        await writer.drain()
+        writer.transport.abort()  # linger 0: an RST right behind the frame
+
+    async with raw_server(handler) as port:
+        loop = asyncio.get_running_loop()
+        for _ in range(20):  # the race is the peer's RST against our reply: try it often
+            conn = await epws.connect(f"ws://127.0.0.1:{port}/", close_timeout=5)
+            started = loop.time()
+            with pytest.raises(ConnectionClosedError) as info:
+                async with asyncio.timeout(4):
+                    await conn.recv()
+            assert loop.time() - started < 2  # not held until close_timeout
+            assert info.value.sent_code == 1002
+            async with asyncio.timeout(4):
+                await conn.wait_closed()
+
+
+def test_reset_between_our_close_frame_and_the_half_close() -> None:
+    """The race Autobahn's servers hit on a busy machine, made to happen every time.
+
+    Failing a connection sends a close frame, then half-closes TCP. A server that
+    resets TCP as soon as it reads that frame can win the race to the half-close;
+    asyncio's ``write_eof()`` then raises OSError (ENOTCONN) from ``shutdown()``. Here
+    the real ``write_eof`` runs only once the server's reset has arrived, so the
+    kernel gives that error for real. It must not escape ``connect()``.
+
+    asyncio's own loop only: uvloop half-closes asynchronously and reports nothing.
+    """
+    reset_sent = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            peer.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += peer.recv(4096)
+            key = parse_request(head)["sec-websocket-key"]
+            peer.sendall(switching(key) + frame(8, b"\x03\xe7", mask=False))  # code 999
+            peer.recv(4096)  # the client's close frame (1002)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_sent.set()  # closed with linger 0: an RST
+
+    async def client() -> None:
+        loop = asyncio.get_running_loop()
+        original = loop.create_connection
+
+        async def create_connection(*args: Any, **kwargs: Any) -> Any:
+            transport, protocol = await original(*args, **kwargs)
+            real_write_eof = transport.write_eof
+
+            def write_eof_after_the_reset() -> None:
+                assert reset_sent.wait(5)
+                time.sleep(0.05)  # the RST crosses loopback
+                real_write_eof()
+
+            transport.write_eof = write_eof_after_the_reset  # type: ignore[method-assign]
+            return transport, protocol
+
+        loop.create_connection = create_connection  # type: ignore[method-assign]
+        conn = await epws.connect(f"ws://127.0.0.1:{port}/", close_timeout=5)
+        started = loop.time()
+        with pytest.raises(ConnectionClosedError) as info:
+            async with asyncio.timeout(4):
+                await conn.recv()
+        assert info.value.sent_code == 1002
+        assert loop.time() - started < 2
+        async with asyncio.timeout(4):
+            await conn.wait_closed()
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(client())
+    finally:
+        thread.join(5)
+        listener.close()
 
 
 async def test_masked_frame_from_server_fails_1002() -> None:

@@ -119,6 +119,10 @@ class Dialer:
         if hs.eof:
             conn.eof_received()
             transport.close()
+        if hs.lost:
+            # TCP went while the handshake protocol was still in place (a reset right
+            # behind the 101): the transport will not tell the Conn, so we do.
+            conn.connection_lost(hs.lost_exc)
         return conn
 
 
@@ -165,6 +169,8 @@ class _ClientHandshake(asyncio.Protocol):
         self._parser: ResponseParser | None = ResponseParser()
         self.rest = b""
         self.eof = False
+        self.lost = False
+        self.lost_exc: Exception | None = None
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -193,6 +199,8 @@ class _ClientHandshake(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.lost_exc = exc
         if not self.response.done():
             self.response.set_exception(
                 HandshakeError(f"connection lost during the handshake: {exc}", 0)

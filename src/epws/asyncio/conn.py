@@ -297,6 +297,8 @@ class Conn(asyncio.Protocol):
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
         self._closed = True
         if self._error is None:
             self._error = self._closed_error(exc)
@@ -406,7 +408,13 @@ class Conn(asyncio.Protocol):
         # A client waits for the server to close TCP (RFC 6455 §7.1.1). A failing side
         # half-closes so the peer gets our close frame and EOF rather than a reset.
         if failed and transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:
+                # The peer reset TCP between our close frame and the half-close
+                # (asyncio's write_eof shuts the socket down at once): it is gone.
+                transport.abort()
+                return
         elif failed:
             transport.close()
             return
