@@ -1,6 +1,7 @@
 """An echo server: every message comes back as it was sent.
 
-Run: scripts/run [--host H] [--port N]; then connect any WebSocket client to
+Run: .venv/bin/python examples/echo.py [--host H] [--port N] (after bash scripts/run or
+bash scripts/test made .venv); then connect any WebSocket client to
 ws://localhost:8080/.
 """
 
