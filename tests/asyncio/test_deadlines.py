@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import epws
 from epws.asyncio.deadlines import DeadlineQueue, queue_for
 
@@ -81,6 +83,27 @@ async def test_an_expiry_hook_may_set_other_deadlines() -> None:
     assert log == ["first", "late"]
     for o in others:
         o.set(queue, None)
+    assert len(queue) == 0
+
+
+async def test_a_failing_expiry_hook_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    queue = DeadlineQueue()
+    log: list[str] = []
+
+    class Broken(Target):
+        def _read_timed_out(self) -> None:
+            raise RuntimeError("boom")
+
+    now = loop.time()
+    Broken("broken", log).set(queue, now + 0.01)
+    Target("same-time", log).set(queue, now + 0.01)
+    Target("later", log).set(queue, now + 0.05)
+    await asyncio.sleep(0.15)
+    assert log == ["same-time", "later"]
+    assert "read deadline handler failed" in caplog.text
     assert len(queue) == 0
 
 

@@ -18,10 +18,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import weakref
 from typing import Protocol
 
-__all__ = ["HasDeadline", "DeadlineQueue", "queue_for"]
+__all__ = ["DeadlineQueue", "HasDeadline", "queue_for"]
+
+logger = logging.getLogger("epws")
+
+#: Seconds: how early a deadline may be acted on (asyncio's timers run up to about a
+#: millisecond early too).
+_RESOLUTION = 0.001
 
 
 class HasDeadline(Protocol):
@@ -86,15 +93,20 @@ class DeadlineQueue:
     def _fire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        # Loops run a timer up to their clock resolution early; a deadline that close
+        # is due now, rather than re-armed for a few microseconds.
+        due = loop.time() + _RESOLUTION
         # self._heap, not a local: an expiry callback may set other deadlines, which
         # can rebuild the heap.
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= due:
             when, _, target = heapq.heappop(self._heap)
             if target._read_deadline == when:
                 self._live -= 1
                 target._read_deadline = None
-                target._read_timed_out()
+                try:
+                    target._read_timed_out()
+                except Exception:  # one failing connection must not stop the others
+                    logger.exception("read deadline handler failed")
         if not self._live:
             self._clear()
         elif self._heap and self._timer is None:
