@@ -846,6 +846,17 @@ def test_is_upgrade_request() -> None:
     assert not is_upgrade_request(make_request(drop=("Upgrade",)))
     assert not is_upgrade_request(make_request(Upgrade="h2c"))
     assert is_upgrade_request(make_request(Upgrade="h2c, websocket", drop=("Connection",)))
+    assert is_upgrade_request(make_request(Upgrade=" WebSocket\t"))
+
+
+@pytest.mark.parametrize("upgrade", ["WEBSOC\u212aET", "h2c, websoc\u212aet"])
+def test_tokens_fold_ascii_only(upgrade: str) -> None:
+    # The Kelvin sign lowers to "k" with str.lower(): it must not pass for "websocket".
+    request = make_request(Upgrade=upgrade)
+    assert not is_upgrade_request(request)
+    with pytest.raises(HandshakeError) as info:
+        check_request(request)
+    assert info.value.status == 426
 
 
 # ------------------------------------------------------------------ origins

@@ -78,7 +78,10 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def _lower(s: str) -> str:
-    return s.translate(_ASCII_LOWER)
+    # str.lower() also folds some non-ASCII letters to ASCII (the Kelvin sign U+212A
+    # becomes "k"), which would let "WEBSOC\u212aET" pass for "websocket"; ASCII text,
+    # the common case, takes the fast built-in.
+    return s.lower() if s.isascii() else s.translate(_ASCII_LOWER)
 
 
 def accept_key(key: str) -> str:
@@ -566,7 +569,10 @@ _UPGRADE_HEADERS = [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
 
 
 def _has_token(headers: Headers, name: str, token: str) -> bool:
-    return token in (_lower(t) for t in parse_token_list(headers.get_all(name)))
+    values = headers.get_all(name)
+    if len(values) == 1 and "," not in values[0]:  # the usual "Upgrade: websocket"
+        return _lower(values[0].strip(_OWS)) == token
+    return token in (_lower(t) for t in parse_token_list(values))
 
 
 def _describe(values: list[str]) -> str:
