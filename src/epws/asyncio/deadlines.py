@@ -66,17 +66,14 @@ class DeadlineQueue:
         new: float | None,
     ) -> None:
         """``target``'s deadline went from ``old`` to ``new`` (either may be None)."""
-        if old is None:
-            if new is None:
-                return
-            self._live += 1
-        elif new is None:
-            self._live -= 1
-            if self._live == 0:
-                self._clear()
-            return
         if new is None:
+            if old is not None:
+                self._live -= 1
+                if self._live == 0:
+                    self._clear()
             return
+        if old is None:
+            self._live += 1
         heap = self._heap
         heapq.heappush(heap, (new, next(self._seq), target))
         if self._timer is None or new < self._timer_when:
