@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .asyncio.client import Dialer, connect
-from .asyncio.conn import Conn, MessageType, MessageWriter
+from .asyncio.conn import Conn, MessageWriter
 from .asyncio.server import HTTPResponse, Server, Upgrader, serve
 from .exceptions import (
     BadOrigin,
@@ -32,7 +32,7 @@ from .exceptions import (
 )
 from .prepared import PreparedMessage
 from .protocol.deflate import PerMessageDeflate
-from .protocol.frames import CloseCode
+from .protocol.frames import CloseCode, MessageType
 from .protocol.handshake import Request
 
 __all__ = [

@@ -9,9 +9,8 @@ for them the message is encoded on each write.
 
 from __future__ import annotations
 
-from .asyncio.conn import MessageType
 from .protocol.connection import Connection, Side
-from .protocol.frames import encode_frame
+from .protocol.frames import MessageType, encode_frame
 
 __all__ = ["PreparedMessage"]
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +37,7 @@ from ..exceptions import (
     InvalidState,
 )
 from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
+from ..protocol.frames import MessageType
 from .deadlines import queue_for
 
 if TYPE_CHECKING:
@@ -47,13 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["Conn", "MessageType", "MessageWriter"]
 
 logger = logging.getLogger("epws")
-
-
-class MessageType(enum.IntEnum):
-    """The two kinds of data message, with their RFC 6455 opcodes as values."""
-
-    TEXT = 1
-    BINARY = 2
 
 
 _OK_CODES = (1000, 1001, 1005)

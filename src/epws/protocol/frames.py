@@ -14,6 +14,7 @@ import struct
 __all__ = [
     "SPEEDUPS",
     "CloseCode",
+    "MessageType",
     "Opcode",
     "apply_mask",
     "encode_close_payload",
@@ -32,6 +33,17 @@ class Opcode(enum.IntEnum):
     CLOSE = 0x8
     PING = 0x9
     PONG = 0xA
+
+
+class MessageType(enum.IntEnum):
+    """The two kinds of data message, with their opcodes as values.
+
+    A subset of :class:`Opcode` kept apart so that an API taking a message type cannot
+    be handed a control or continuation opcode.
+    """
+
+    TEXT = Opcode.TEXT.value
+    BINARY = Opcode.BINARY.value
 
 
 class CloseCode(enum.IntEnum):
