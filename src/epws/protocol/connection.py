@@ -186,6 +186,7 @@ class Connection:
         "_codec",
         "_compressed",
         "_decoder",
+        "_eof",
         "_failed",
         "_frame_fin",
         "_left",
@@ -193,6 +194,7 @@ class Connection:
         "_mask_off",
         "_msg_op",
         "_msg_size",
+        "_off",
         "_out",
         "_out_frag",
         "_parts",
@@ -212,7 +214,10 @@ class Connection:
         self._server = side is Side.SERVER
         self.max_size = max_size or 0
         self._codec = codec
-        self._buf = b""
+        # Input not parsed yet: self._buf[self._off:].
+        self._buf: bytes | bytearray = b""
+        self._off = 0
+        self._eof = False
         self._out: list[bytes] = []
         # Message being received: opcode (0 = none), size so far, pieces.
         self._msg_op = 0
@@ -236,7 +241,7 @@ class Connection:
     def state(self) -> State:
         if self._close_rcvd is not None and self._close_sent is not None:
             return State.CLOSED
-        if self._close_rcvd is not None or self._close_sent is not None or self._failed:
+        if self._close_rcvd is not None or self._close_sent is not None or self.failed:
             return State.CLOSING
         return State.OPEN
 
@@ -252,8 +257,8 @@ class Connection:
 
     @property
     def failed(self) -> bool:
-        """True once the peer broke the protocol; input is ignored from then on."""
-        return self._failed
+        """True once the peer broke the protocol (or closed TCP without a close frame)."""
+        return self._failed or (self._eof and self._close_rcvd is None)
 
     @property
     def codec(self) -> MessageCodec | None:
@@ -261,20 +266,62 @@ class Connection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes | bytearray) -> list[Event]:
-        """Parse what arrived; return the events it completes, in order."""
+    @property
+    def input_buffered(self) -> int:
+        """Bytes received but not parsed yet: an incomplete frame, or input held back
+        by ``max_messages`` until :meth:`receive_data` is called again with room."""
+        return len(self._buf) - self._off
+
+    def receive_data(
+        self, data: bytes | bytearray, *, max_messages: int | None = None
+    ) -> list[Event]:
+        """Parse what arrived; return the events it completes, in order.
+
+        ``max_messages`` bounds the data messages (text or binary) returned by this
+        call; control frames do not count and are handled as they come. Once that
+        many messages are complete, parsing stops in front of the next data frame,
+        or in front of the rest of the one in progress (with 0: at once), and the
+        input behind stays buffered here (:attr:`input_buffered` says how much).
+        Nothing behind the stop is looked at: a compressed message is not inflated,
+        a frame header is not judged, until a later call with room, such as
+        ``receive_data(b"", max_messages=n)``. So the caller's queue bounds the
+        memory that messages cost, and what is held is wire bytes only. The result
+        over the calls is the same as with ``None`` (no bound), for any split of the
+        input and any sequence of bounds.
+
+        After :meth:`receive_eof`, ``data`` is ignored but what was buffered can
+        still be parsed this way.
+        """
         events: list[Event] = []
         if self._failed or self._close_rcvd is not None:
             return events
-        buf = self._buf + data if self._buf else data
+        buf = self._buf
+        if buf:
+            pos = self._off
+            if data and not self._eof:
+                buf = (buf[pos:] if pos else buf) + data
+                pos = 0
+        elif self._eof:
+            return events
+        else:
+            buf = data
+            pos = 0
         end = len(buf)
-        pos = 0
         server = self._server
+        # Messages this call may still return; -1 never counts down to 0: no bound.
+        if max_messages is None:
+            room = -1
+        elif max_messages >= 0:
+            room = max_messages
+        else:
+            raise ValueError(f"max_messages must be None or at least 0, got {max_messages}")
         try:
             while pos < end:
                 left = self._left
                 if left:
                     # The rest (or the next chunk) of a data frame's payload.
+                    if not room:
+                        break
                     take = end - pos
                     if take > left:
                         take = left
@@ -289,11 +336,16 @@ class Connection:
                             mask = mask[off:] + mask[:off]
                         chunk = apply_mask(chunk, mask)
                         self._mask_off = (off + take) & 3
-                    self._data_chunk(bytes(chunk), left == 0 and self._frame_fin, left == 0, events)
+                    last = left == 0 and self._frame_fin
+                    self._data_chunk(bytes(chunk), last, left == 0, events)
+                    if last:
+                        room -= 1
                     continue
                 if end - pos < 2:
                     break
                 b0 = buf[pos]
+                if not room and not b0 & 8:
+                    break  # a data frame, and no room for another message
                 b1 = buf[pos + 1]
                 length = b1 & 0x7F
                 hlen = 2
@@ -365,6 +417,7 @@ class Connection:
                                 ) from None
                         else:
                             events.append(payload)
+                        room -= 1
                         continue
                 if opcode == 0:
                     if not self._msg_op:
@@ -401,14 +454,29 @@ class Connection:
                     if masked:
                         chunk = apply_mask(chunk, self._mask)  # type: ignore[arg-type]
                     self._data_chunk(bytes(chunk), bool(fin), True, events)
+                    if fin:
+                        room -= 1
                 else:
                     self._left = length
         except ProtocolError as exc:
             self._failed = True
             self._buf = b""
+            self._off = 0
             events.append(Failure(exc))
             return events
-        self._buf = bytes(buf[pos:]) if pos < end else b""
+        if pos < end:
+            # Keep the rest. Holding on to the input itself (bytes are immutable) saves
+            # copying a large held-back remainder on every resumed call; a remainder
+            # under half of it is copied, so memory stays within twice what is held.
+            if type(buf) is bytes and (end - pos) * 2 >= end:
+                self._buf = buf
+                self._off = pos
+            else:
+                self._buf = bytes(buf[pos:])
+                self._off = 0
+        elif self._buf:
+            self._buf = b""
+            self._off = 0
         return events
 
     def _data_chunk(self, chunk: bytes, last: bool, frame_end: bool, events: list[Event]) -> None:
@@ -484,9 +552,13 @@ class Connection:
             raise ProtocolError(f"reserved control opcode {opcode}")
 
     def receive_eof(self) -> None:
-        """The peer closed TCP; nothing more will be parsed."""
-        self._failed = self._failed or self._close_rcvd is None
-        self._buf = b""
+        """The peer closed TCP: nothing more arrives.
+
+        Complete frames still buffered (held back by ``max_messages``) can be parsed
+        with ``receive_data(b"", ...)``; :attr:`failed` is True unless a close frame
+        was (or is then) received.
+        """
+        self._eof = True
 
     def data_to_send(self) -> bytes:
         """Bytes the protocol wants sent on its own (pongs); empty if none."""
