@@ -33,6 +33,7 @@ from typing import Protocol
 from ..exceptions import InvalidState, MessageTooBig, ProtocolError
 from .frames import (
     CloseCode,
+    Opcode,
     apply_mask,
     encode_close_payload,
     encode_frame,
@@ -44,6 +45,7 @@ __all__ = [
     "Connection",
     "Event",
     "Failure",
+    "InflateError",
     "MessageCodec",
     "Ping",
     "Pong",
@@ -142,18 +144,37 @@ class MessageCodec(Protocol):
     def decompress(self, data: bytes, max_size: int | None, final: bool) -> bytes:
         """Inflate a chunk of a compressed message; ``final`` on its last frame's end.
 
-        Must raise :class:`~epws.exceptions.MessageTooBig` rather than produce more than
-        ``max_size`` bytes (None means no limit; 0 means not one byte more: the message
-        is already at the limit), so a bomb is never held in memory.
+        Must raise rather than produce more than ``max_size`` bytes (None means no
+        limit; 0 means not one byte more: the message is already at the limit), so a
+        bomb is never held in memory, and must do work in proportion to ``data`` and
+        the output. Errors are :class:`InflateError` (or a bare
+        :class:`~epws.exceptions.ProtocolError`), 1009 for the limit, 1007 for corrupt
+        data.
         """
         ...
 
 
-_TEXT = 1
-_BINARY = 2
-_CLOSE = 8
-_PING = 9
-_PONG = 10
+class InflateError(Exception):
+    """Raised by :meth:`MessageCodec.decompress`: the message failed while inflating.
+
+    ``inflated`` is what the call produced (within the limit) before the failure; the
+    connection checks it like any other payload first, so a text message gets the
+    same close code whether it arrived whole or byte by byte: the first problem in
+    the inflated byte stream decides (invalid UTF-8 before the limit: 1007).
+    """
+
+    def __init__(self, error: ProtocolError, inflated: bytes = b"") -> None:
+        super().__init__(error)
+        self.error = error
+        self.inflated = inflated
+
+
+# Plain ints on the hot path; one definition of the vocabulary, in frames.Opcode.
+_TEXT = Opcode.TEXT.value
+_BINARY = Opcode.BINARY.value
+_CLOSE = Opcode.CLOSE.value
+_PING = Opcode.PING.value
+_PONG = Opcode.PONG.value
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -180,12 +201,14 @@ class Connection:
     """
 
     __slots__ = (
+        "_acc",
         "_buf",
         "_close_rcvd",
         "_close_sent",
         "_codec",
         "_compressed",
         "_decoder",
+        "_done",
         "_eof",
         "_failed",
         "_frame_fin",
@@ -194,10 +217,10 @@ class Connection:
         "_mask_off",
         "_msg_op",
         "_msg_size",
+        "_msg_wire",
         "_off",
-        "_out",
         "_out_frag",
-        "_parts",
+        "_pong",
         "_server",
         "max_size",
         "side",
@@ -218,11 +241,16 @@ class Connection:
         self._buf: bytes | bytearray = b""
         self._off = 0
         self._eof = False
-        self._out: list[bytes] = []
-        # Message being received: opcode (0 = none), size so far, pieces.
+        # Payload of the pong to send: RFC 6455 §5.5.3 lets us answer only the latest
+        # ping, so a ping flood from a peer that does not read costs one pong.
+        self._pong: bytes | None = None
+        # Message being received: opcode (0 = none), size so far (inflated), wire size
+        # (compressed messages), payload so far in one growing buffer (None until a
+        # message needs more than one piece), and the UTF-8 validator of a text one.
         self._msg_op = 0
         self._msg_size = 0
-        self._parts: list[bytes] | list[str] = []
+        self._msg_wire = 0
+        self._acc: bytearray | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._compressed = False
         # Data frame whose payload is still arriving.
@@ -231,6 +259,8 @@ class Connection:
         self._mask: bytes | None = None
         self._mask_off = 0
         self._failed = False
+        # Nothing more will be parsed: failed, closed by the peer, or EOF with nothing held.
+        self._done = False
         self._close_rcvd: Close | None = None
         self._close_sent: tuple[int | None, str] | None = None
         self._out_frag = 0  # opcode of a fragmented message being sent, 0 if none
@@ -272,9 +302,7 @@ class Connection:
         by ``max_messages`` until :meth:`receive_data` is called again with room."""
         return len(self._buf) - self._off
 
-    def receive_data(
-        self, data: bytes | bytearray, *, max_messages: int | None = None
-    ) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray, max_messages: int | None = None) -> list[Event]:
         """Parse what arrived; return the events it completes, in order.
 
         ``max_messages`` bounds the data messages (text or binary) returned by this
@@ -293,28 +321,33 @@ class Connection:
         still be parsed this way.
         """
         events: list[Event] = []
-        if self._failed or self._close_rcvd is not None:
+        if self._done:
             return events
-        buf = self._buf
-        if buf:
+        buf = held = self._buf
+        if held:
             pos = self._off
             if data and not self._eof:
                 buf = (buf[pos:] if pos else buf) + data
                 pos = 0
-        elif self._eof:
-            return events
         else:
             buf = data
             pos = 0
         end = len(buf)
         server = self._server
         # Messages this call may still return; -1 never counts down to 0: no bound.
-        if max_messages is None:
-            room = -1
-        elif max_messages >= 0:
-            room = max_messages
+        room = -1
+        if self._close_sent is None:
+            dropping = False
+            fast_max = 2  # the fast path takes TEXT and BINARY
+            if max_messages is not None:
+                if max_messages < 0:
+                    raise ValueError(f"max_messages must be None or >= 0, got {max_messages}")
+                room = max_messages
         else:
-            raise ValueError(f"max_messages must be None or at least 0, got {max_messages}")
+            # After our close frame, data messages are parsed for framing only and
+            # dropped, so they cost nothing and need no room.
+            dropping = True
+            fast_max = 0
         try:
             while pos < end:
                 left = self._left
@@ -325,10 +358,15 @@ class Connection:
                     take = end - pos
                     if take > left:
                         take = left
-                    chunk = buf[pos : pos + take]
+                    start = pos
                     pos += take
                     left -= take
                     self._left = left
+                    if dropping:
+                        if not left and self._frame_fin:
+                            self._msg_op = 0
+                        continue
+                    chunk = buf[start:pos]
                     mask = self._mask
                     if mask is not None:
                         off = self._mask_off
@@ -337,7 +375,7 @@ class Connection:
                         chunk = apply_mask(chunk, mask)
                         self._mask_off = (off + take) & 3
                     last = left == 0 and self._frame_fin
-                    self._data_chunk(bytes(chunk), last, left == 0, events)
+                    self._data_chunk(bytes(chunk), last, events)
                     if last:
                         room -= 1
                     continue
@@ -392,7 +430,7 @@ class Connection:
                     continue
                 # A data frame.
                 rsv = b0 & 0x70
-                if fin and not rsv and 0 < opcode <= 2 and not self._msg_op:
+                if fin and not rsv and 0 < opcode <= fast_max and not self._msg_op:
                     # The common case, fast: a whole uncompressed message in one frame.
                     # No message state is touched; rules and limits are the same.
                     limit = self.max_size
@@ -435,14 +473,37 @@ class Connection:
                         self._compressed = False
                     self._msg_op = opcode
                     self._msg_size = 0
+                    self._msg_wire = 0
                 else:
                     raise ProtocolError(f"reserved opcode {opcode}")
+                if dropping:
+                    # Skip the payload, however long, across calls if need be.
+                    if fin:
+                        self._msg_op = 0
+                    self._frame_fin = bool(fin)
+                    self._left = length
+                    pos += hlen
+                    continue
                 limit = self.max_size
-                if limit and not self._compressed and self._msg_size + length > limit:
-                    raise MessageTooBig(
-                        f"message of at least {self._msg_size + length} bytes "
-                        f"is over the read limit of {limit} bytes"
-                    )
+                if limit:
+                    if not self._compressed:
+                        if self._msg_size + length > limit:
+                            raise MessageTooBig(
+                                f"message of at least {self._msg_size + length} bytes "
+                                f"is over the read limit of {limit} bytes"
+                            )
+                    else:
+                        # The wire size of a compressed message counts too, with room
+                        # for deflate's worst-case growth of incompressible data
+                        # (zlib's deflateBound: about n/4096 + 13 bytes), so that
+                        # inflating never has more input than the limit allows.
+                        wire = self._msg_wire + length
+                        if wire > limit + (limit >> 10) + 64:
+                            raise MessageTooBig(
+                                f"compressed message of at least {wire} bytes on the wire "
+                                f"is over the read limit of {limit} bytes"
+                            )
+                        self._msg_wire = wire
                 self._mask = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked else None
                 self._mask_off = 0
                 self._frame_fin = bool(fin)
@@ -453,13 +514,13 @@ class Connection:
                     pos += length
                     if masked:
                         chunk = apply_mask(chunk, self._mask)  # type: ignore[arg-type]
-                    self._data_chunk(bytes(chunk), bool(fin), True, events)
+                    self._data_chunk(bytes(chunk), bool(fin), events)
                     if fin:
                         room -= 1
                 else:
                     self._left = length
         except ProtocolError as exc:
-            self._failed = True
+            self._failed = self._done = True
             self._buf = b""
             self._off = 0
             events.append(Failure(exc))
@@ -474,23 +535,39 @@ class Connection:
             else:
                 self._buf = bytes(buf[pos:])
                 self._off = 0
-        elif self._buf:
+        elif held:
             self._buf = b""
             self._off = 0
+            self._done = self._eof
         return events
 
-    def _data_chunk(self, chunk: bytes, last: bool, frame_end: bool, events: list[Event]) -> None:
-        """Take a piece of a data message's payload; ``last`` when the message ends here."""
+    def _data_chunk(self, chunk: bytes, last: bool, events: list[Event]) -> None:
+        """Take a piece of a data message's payload; ``last`` when the message ends here.
+
+        Pieces go into one growing buffer, so a message of tiny fragments costs about
+        its size, not an object per fragment; a text message is validated piece by
+        piece (failing at the first impossible byte) and decoded once, at the end.
+        """
         if self._compressed:
             codec = self._codec
             assert codec is not None
             limit = self.max_size
-            # None, not 0, for "no limit": 0 is a real budget once the message is at it.
-            chunk = codec.decompress(chunk, limit - self._msg_size if limit else None, last)
+            try:
+                # None, not 0, for "no limit": 0 is a real budget once at the limit.
+                chunk = codec.decompress(chunk, limit - self._msg_size if limit else None, last)
+            except InflateError as exc:
+                if self._msg_op == _TEXT and exc.inflated:
+                    self._validate(exc.inflated)
+                raise exc.error from None
         self._msg_size += len(chunk)
+        acc = self._acc
         if self._msg_op == _TEXT:
-            parts: list[str] = self._parts  # type: ignore[assignment]
-            if last and not parts and self._decoder is None:
+            if last:
+                if acc is not None:
+                    acc += chunk
+                    chunk = acc  # type: ignore[assignment]
+                    self._acc = None
+                    self._decoder = None
                 try:
                     events.append(chunk.decode())
                 except UnicodeDecodeError as exc:
@@ -499,39 +576,37 @@ class Connection:
                     ) from None
                 self._msg_op = 0
                 return
-            decoder = self._decoder
-            if decoder is None:
-                decoder = self._decoder = _utf8_decoder()
-            try:
-                text = decoder.decode(chunk, last)
-            except UnicodeDecodeError as exc:
-                raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
-            if not last and _ed_surrogate_pending(decoder):
-                raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
-            if text:
-                parts.append(text)
-            if last:
-                events.append("".join(parts))
-                self._parts = []
-                self._decoder = None
-                self._msg_op = 0
-        else:
-            bparts: list[bytes] = self._parts  # type: ignore[assignment]
-            if last:
-                if bparts:
-                    bparts.append(chunk)
-                    events.append(b"".join(bparts))
-                    self._parts = []
-                else:
-                    events.append(chunk)
-                self._msg_op = 0
-            elif chunk:
-                bparts.append(chunk)
+            self._validate(chunk)
+        elif last:
+            if acc is not None:
+                acc += chunk
+                chunk = bytes(acc)
+                self._acc = None
+            events.append(chunk)
+            self._msg_op = 0
+            return
+        if chunk:
+            if acc is None:
+                self._acc = bytearray(chunk)
+            else:
+                acc += chunk
+
+    def _validate(self, chunk: bytes) -> None:
+        """Check a non-final piece of a text message: 1007 at the first impossible byte."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = _utf8_decoder()
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
+        if _ed_surrogate_pending(decoder):
+            raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
 
     def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == _PING:
             if self._close_sent is None:
-                self._out.append(encode_frame(0xA, payload, mask=not self._server))
+                self._pong = payload
             events.append(Ping(payload))
         elif opcode == _PONG:
             events.append(Pong(payload))
@@ -542,9 +617,10 @@ class Connection:
                 raise ProtocolError(exc.args[0], exc.args[1]) from None
             close = Close(code, reason)
             self._close_rcvd = close
+            self._done = True
             # A fragmented message cut by a close is simply abandoned.
             self._msg_op = 0
-            self._parts = []
+            self._acc = None
             self._decoder = None
             self._left = 0
             events.append(close)
@@ -559,14 +635,20 @@ class Connection:
         was (or is then) received.
         """
         self._eof = True
+        self._done = self._done or not self._buf
 
     def data_to_send(self) -> bytes:
-        """Bytes the protocol wants sent on its own (pongs); empty if none."""
-        out = self._out
-        if not out:
+        """Bytes the protocol wants sent on its own (a pong); empty if none.
+
+        One pong at most: it answers the latest ping received since the last call
+        (RFC 6455 §5.5.3), so a caller that holds off while the peer does not read
+        keeps one pending pong, never a pile.
+        """
+        pong = self._pong
+        if pong is None:
             return b""
-        self._out = []
-        return b"".join(out)
+        self._pong = None
+        return encode_frame(_PONG, pong, mask=not self._server)
 
     # ------------------------------------------------------------------ output
 
@@ -636,6 +718,11 @@ class Connection:
         payload = encode_close_payload(code, reason)
         self._close_sent = (code, reason)
         self._out_frag = 0
+        # From now on incoming data is dropped (RFC 6455 §1.4: after sending a close
+        # frame an endpoint need not process data): free what a message holds.
+        self._acc = None
+        self._decoder = None
+        self._pong = None
         return encode_frame(_CLOSE, payload, mask=not self._server)
 
     def close_reply(self) -> bytes:
@@ -650,7 +737,7 @@ class Connection:
 
     def fail(self, code: int, reason: str = "") -> bytes:
         """The close frame that fails the connection (empty if one was already sent)."""
-        self._failed = True
+        self._failed = self._done = True
         reason_b = reason.encode()
         if len(reason_b) > 123:
             reason = reason_b[:123].decode(errors="ignore")
