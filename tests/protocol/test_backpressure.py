@@ -200,3 +200,14 @@ COMPRESSED_EVENTS = [
 def test_any_split_any_bounds_compressed(cuts: list[int], bounds: list[int | None]) -> None:
     conn = Connection(Side.SERVER, codec=DeflateCodec())
     assert norm(feed(conn, COMPRESSED_STREAM, cuts, bounds)) == COMPRESSED_EVENTS
+
+
+def test_input_after_a_close_found_in_held_back_input_is_ignored() -> None:
+    """Found by fuzz/fuzz_frames.py: resuming on held-back input that ended with a
+    close frame forgot that the close was seen, so later input was parsed (1002)."""
+    conn = Connection(Side.SERVER)
+    assert conn.receive_data(raw(1, b"a") + raw(8, b""), max_messages=0) == []
+    assert norm(conn.receive_data(b"", max_messages=1)) == ["a", ("close", 1005, "")]
+    assert conn.receive_data(raw(0, b"no message to continue")) == []
+    assert conn.input_buffered == 0
+    assert not conn.failed

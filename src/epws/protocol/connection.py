@@ -160,7 +160,9 @@ class InflateError(Exception):
     ``inflated`` is what the call produced (within the limit) before the failure; the
     connection checks it like any other payload first, so a text message gets the
     same close code whether it arrived whole or byte by byte: the first problem in
-    the inflated byte stream decides (invalid UTF-8 before the limit: 1007).
+    the inflated byte stream decides (invalid UTF-8 before the limit: 1007). zlib
+    gives nothing from a call that finds corrupt data, so for that error
+    ``inflated`` depends on the pieces; the code is 1007 anyway.
     """
 
     def __init__(self, error: ProtocolError, inflated: bytes = b"") -> None:
@@ -538,7 +540,8 @@ class Connection:
         elif held:
             self._buf = b""
             self._off = 0
-            self._done = self._eof
+            if self._eof:
+                self._done = True
         return events
 
     def _data_chunk(self, chunk: bytes, last: bool, events: list[Event]) -> None:

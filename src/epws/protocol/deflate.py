@@ -148,6 +148,29 @@ def _strip_tail(out: bytes) -> bytes:
     return out + b"\x00"
 
 
+# Deflate inflates at most 1032 bytes per input byte (a 258-byte match in two bits).
+_MAX_RATIO = 1032
+
+
+def _replay(infl: zlib._Decompress, piece: bytes | memoryview, budget: int) -> bytes | None:
+    """Inflate ``piece`` byte by byte from a saved state, after it failed zlib whole:
+    the output up to where it passes ``budget`` if that comes first in the stream,
+    None if the corrupt data does. Only run on failure, so valid input never pays.
+    """
+    out: list[bytes] = []
+    total = 0
+    for i in range(len(piece)):
+        try:
+            got = infl.decompress(piece[i : i + 1], budget - total + 1)
+        except zlib.error:
+            return None
+        out.append(got)
+        total += len(got)
+        if total > budget:
+            return b"".join(out)
+    return None
+
+
 class DeflateCodec:
     """permessage-deflate for one connection, as negotiated (a ``MessageCodec``).
 
@@ -291,7 +314,18 @@ class DeflateCodec:
                 if budget is None:
                     out = infl.decompress(piece)
                 else:
-                    out = infl.decompress(piece, budget + 1)
+                    # zlib goes on reading block headers once the output is full, so
+                    # corrupt data just past the limit would fail the call (1007)
+                    # where smaller pieces stop at the limit first (1009). When this
+                    # piece can reach the limit, keep a copy to replay it exactly.
+                    saved = infl.copy() if _MAX_RATIO * len(piece) + 258 > budget else None
+                    try:
+                        out = infl.decompress(piece, budget + 1)
+                    except zlib.error:
+                        replayed = None if saved is None else _replay(saved, piece, budget)
+                        if replayed is None:
+                            raise
+                        out = replayed
                     if len(out) > budget:
                         parts.append(out[:budget])  # checked by the caller first
                         raise MessageTooBig(
