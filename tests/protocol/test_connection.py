@@ -201,13 +201,28 @@ def test_random_splits_with_violation(cuts: list[int]) -> None:
     assert norm(feed_chunks(srv(), BAD_STREAM, cuts)) == ["ok", ("fail", 1007)]
 
 
-def test_pongs_queued_for_each_ping_however_split() -> None:
+def test_only_the_latest_ping_is_answered_however_split() -> None:
+    """RFC 6455 §5.5.3: pings since the last data_to_send() get one pong, the latest."""
     conn = srv()
     for i in range(len(STREAM)):
         conn.receive_data(STREAM[i : i + 1])
-    out = conn.data_to_send()
-    assert out == bytes.fromhex("8a05") + b"ping!" + bytes.fromhex("8a0d") + b"in the middle"
+    assert conn.data_to_send() == bytes.fromhex("8a0d") + b"in the middle"
     assert conn.data_to_send() == b""
+    whole = srv()
+    whole.receive_data(STREAM)
+    assert whole.data_to_send() == bytes.fromhex("8a0d") + b"in the middle"
+
+
+def test_ping_flood_queues_one_pong() -> None:
+    conn = srv()
+    flood = b"".join(raw(9, b"%d" % i) for i in range(10000))
+    events = conn.receive_data(flood)
+    assert len(events) == 10000 and all(isinstance(ev, Ping) for ev in events)
+    assert conn.data_to_send() == b"\x8a\x049999"
+    assert conn.data_to_send() == b""
+    conn.receive_data(raw(9, b"a"))
+    conn.receive_data(raw(9, b"b"))  # not read in between: still one pong
+    assert conn.data_to_send() == b"\x8a\x01b"
 
 
 # ---------------------------------------------------------------- UTF-8, fail fast

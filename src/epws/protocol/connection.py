@@ -33,6 +33,7 @@ from typing import Protocol
 from ..exceptions import InvalidState, MessageTooBig, ProtocolError
 from .frames import (
     CloseCode,
+    Opcode,
     apply_mask,
     encode_close_payload,
     encode_frame,
@@ -44,6 +45,7 @@ __all__ = [
     "Connection",
     "Event",
     "Failure",
+    "InflateError",
     "MessageCodec",
     "Ping",
     "Pong",
@@ -142,18 +144,39 @@ class MessageCodec(Protocol):
     def decompress(self, data: bytes, max_size: int | None, final: bool) -> bytes:
         """Inflate a chunk of a compressed message; ``final`` on its last frame's end.
 
-        Must raise :class:`~epws.exceptions.MessageTooBig` rather than produce more than
-        ``max_size`` bytes (None means no limit; 0 means not one byte more: the message
-        is already at the limit), so a bomb is never held in memory.
+        Must raise rather than produce more than ``max_size`` bytes (None means no
+        limit; 0 means not one byte more: the message is already at the limit), so a
+        bomb is never held in memory, and must do work in proportion to ``data`` and
+        the output. Errors are :class:`InflateError` (or a bare
+        :class:`~epws.exceptions.ProtocolError`), 1009 for the limit, 1007 for corrupt
+        data.
         """
         ...
 
 
-_TEXT = 1
-_BINARY = 2
-_CLOSE = 8
-_PING = 9
-_PONG = 10
+class InflateError(Exception):
+    """Raised by :meth:`MessageCodec.decompress`: the message failed while inflating.
+
+    ``inflated`` is what the call produced (within the limit) before the failure; the
+    connection checks it like any other payload first, so a text message gets the
+    same close code whether it arrived whole or byte by byte: the first problem in
+    the inflated byte stream decides (invalid UTF-8 before the limit: 1007). zlib
+    gives nothing from a call that finds corrupt data, so for that error
+    ``inflated`` depends on the pieces; the code is 1007 anyway.
+    """
+
+    def __init__(self, error: ProtocolError, inflated: bytes = b"") -> None:
+        super().__init__(error)
+        self.error = error
+        self.inflated = inflated
+
+
+# Plain ints on the hot path; one definition of the vocabulary, in frames.Opcode.
+_TEXT = Opcode.TEXT.value
+_BINARY = Opcode.BINARY.value
+_CLOSE = Opcode.CLOSE.value
+_PING = Opcode.PING.value
+_PONG = Opcode.PONG.value
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -180,12 +203,15 @@ class Connection:
     """
 
     __slots__ = (
+        "_acc",
         "_buf",
         "_close_rcvd",
         "_close_sent",
         "_codec",
         "_compressed",
         "_decoder",
+        "_done",
+        "_eof",
         "_failed",
         "_frame_fin",
         "_left",
@@ -193,9 +219,10 @@ class Connection:
         "_mask_off",
         "_msg_op",
         "_msg_size",
-        "_out",
+        "_msg_wire",
+        "_off",
         "_out_frag",
-        "_parts",
+        "_pong",
         "_server",
         "max_size",
         "side",
@@ -212,12 +239,20 @@ class Connection:
         self._server = side is Side.SERVER
         self.max_size = max_size or 0
         self._codec = codec
-        self._buf = b""
-        self._out: list[bytes] = []
-        # Message being received: opcode (0 = none), size so far, pieces.
+        # Input not parsed yet: self._buf[self._off:].
+        self._buf: bytes | bytearray = b""
+        self._off = 0
+        self._eof = False
+        # Payload of the pong to send: RFC 6455 §5.5.3 lets us answer only the latest
+        # ping, so a ping flood from a peer that does not read costs one pong.
+        self._pong: bytes | None = None
+        # Message being received: opcode (0 = none), size so far (inflated), wire size
+        # (compressed messages), payload so far in one growing buffer (None until a
+        # message needs more than one piece), and the UTF-8 validator of a text one.
         self._msg_op = 0
         self._msg_size = 0
-        self._parts: list[bytes] | list[str] = []
+        self._msg_wire = 0
+        self._acc: bytearray | None = None
         self._decoder: codecs.IncrementalDecoder | None = None
         self._compressed = False
         # Data frame whose payload is still arriving.
@@ -226,6 +261,8 @@ class Connection:
         self._mask: bytes | None = None
         self._mask_off = 0
         self._failed = False
+        # Nothing more will be parsed: failed, closed by the peer, or EOF with nothing held.
+        self._done = False
         self._close_rcvd: Close | None = None
         self._close_sent: tuple[int | None, str] | None = None
         self._out_frag = 0  # opcode of a fragmented message being sent, 0 if none
@@ -236,7 +273,7 @@ class Connection:
     def state(self) -> State:
         if self._close_rcvd is not None and self._close_sent is not None:
             return State.CLOSED
-        if self._close_rcvd is not None or self._close_sent is not None or self._failed:
+        if self._close_rcvd is not None or self._close_sent is not None or self.failed:
             return State.CLOSING
         return State.OPEN
 
@@ -252,8 +289,8 @@ class Connection:
 
     @property
     def failed(self) -> bool:
-        """True once the peer broke the protocol; input is ignored from then on."""
-        return self._failed
+        """True once the peer broke the protocol (or closed TCP without a close frame)."""
+        return self._failed or (self._eof and self._close_rcvd is None)
 
     @property
     def codec(self) -> MessageCodec | None:
@@ -261,27 +298,77 @@ class Connection:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes | bytearray) -> list[Event]:
-        """Parse what arrived; return the events it completes, in order."""
+    @property
+    def input_buffered(self) -> int:
+        """Bytes received but not parsed yet: an incomplete frame, or input held back
+        by ``max_messages`` until :meth:`receive_data` is called again with room."""
+        return len(self._buf) - self._off
+
+    def receive_data(self, data: bytes | bytearray, max_messages: int | None = None) -> list[Event]:
+        """Parse what arrived; return the events it completes, in order.
+
+        ``max_messages`` bounds the data messages (text or binary) returned by this
+        call; control frames do not count and are handled as they come. Once that
+        many messages are complete, parsing stops in front of the next data frame,
+        or in front of the rest of the one in progress (with 0: at once), and the
+        input behind stays buffered here (:attr:`input_buffered` says how much).
+        Nothing behind the stop is looked at: a compressed message is not inflated,
+        a frame header is not judged, until a later call with room, such as
+        ``receive_data(b"", max_messages=n)``. So the caller's queue bounds the
+        memory that messages cost, and what is held is wire bytes only. The result
+        over the calls is the same as with ``None`` (no bound), for any split of the
+        input and any sequence of bounds.
+
+        After :meth:`receive_eof`, ``data`` is ignored but what was buffered can
+        still be parsed this way.
+        """
         events: list[Event] = []
-        if self._failed or self._close_rcvd is not None:
+        if self._done:
             return events
-        buf = self._buf + data if self._buf else data
+        buf = held = self._buf
+        if held:
+            pos = self._off
+            if data and not self._eof:
+                buf = (buf[pos:] if pos else buf) + data
+                pos = 0
+        else:
+            buf = data
+            pos = 0
         end = len(buf)
-        pos = 0
         server = self._server
+        # Messages this call may still return; -1 never counts down to 0: no bound.
+        room = -1
+        if self._close_sent is None:
+            dropping = False
+            fast_max = 2  # the fast path takes TEXT and BINARY
+            if max_messages is not None:
+                if max_messages < 0:
+                    raise ValueError(f"max_messages must be None or >= 0, got {max_messages}")
+                room = max_messages
+        else:
+            # After our close frame, data messages are parsed for framing only and
+            # dropped, so they cost nothing and need no room.
+            dropping = True
+            fast_max = 0
         try:
             while pos < end:
                 left = self._left
                 if left:
                     # The rest (or the next chunk) of a data frame's payload.
+                    if not room:
+                        break
                     take = end - pos
                     if take > left:
                         take = left
-                    chunk = buf[pos : pos + take]
+                    start = pos
                     pos += take
                     left -= take
                     self._left = left
+                    if dropping:
+                        if not left and self._frame_fin:
+                            self._msg_op = 0
+                        continue
+                    chunk = buf[start:pos]
                     mask = self._mask
                     if mask is not None:
                         off = self._mask_off
@@ -289,11 +376,16 @@ class Connection:
                             mask = mask[off:] + mask[:off]
                         chunk = apply_mask(chunk, mask)
                         self._mask_off = (off + take) & 3
-                    self._data_chunk(bytes(chunk), left == 0 and self._frame_fin, left == 0, events)
+                    last = left == 0 and self._frame_fin
+                    self._data_chunk(bytes(chunk), last, events)
+                    if last:
+                        room -= 1
                     continue
                 if end - pos < 2:
                     break
                 b0 = buf[pos]
+                if not room and not b0 & 8:
+                    break  # a data frame, and no room for another message
                 b1 = buf[pos + 1]
                 length = b1 & 0x7F
                 hlen = 2
@@ -340,7 +432,7 @@ class Connection:
                     continue
                 # A data frame.
                 rsv = b0 & 0x70
-                if fin and not rsv and 0 < opcode <= 2 and not self._msg_op:
+                if fin and not rsv and 0 < opcode <= fast_max and not self._msg_op:
                     # The common case, fast: a whole uncompressed message in one frame.
                     # No message state is touched; rules and limits are the same.
                     limit = self.max_size
@@ -365,6 +457,7 @@ class Connection:
                                 ) from None
                         else:
                             events.append(payload)
+                        room -= 1
                         continue
                 if opcode == 0:
                     if not self._msg_op:
@@ -382,14 +475,37 @@ class Connection:
                         self._compressed = False
                     self._msg_op = opcode
                     self._msg_size = 0
+                    self._msg_wire = 0
                 else:
                     raise ProtocolError(f"reserved opcode {opcode}")
+                if dropping:
+                    # Skip the payload, however long, across calls if need be.
+                    if fin:
+                        self._msg_op = 0
+                    self._frame_fin = bool(fin)
+                    self._left = length
+                    pos += hlen
+                    continue
                 limit = self.max_size
-                if limit and not self._compressed and self._msg_size + length > limit:
-                    raise MessageTooBig(
-                        f"message of at least {self._msg_size + length} bytes "
-                        f"is over the read limit of {limit} bytes"
-                    )
+                if limit:
+                    if not self._compressed:
+                        if self._msg_size + length > limit:
+                            raise MessageTooBig(
+                                f"message of at least {self._msg_size + length} bytes "
+                                f"is over the read limit of {limit} bytes"
+                            )
+                    else:
+                        # The wire size of a compressed message counts too, with room
+                        # for deflate's worst-case growth of incompressible data
+                        # (zlib's deflateBound: about n/4096 + 13 bytes), so that
+                        # inflating never has more input than the limit allows.
+                        wire = self._msg_wire + length
+                        if wire > limit + (limit >> 10) + 64:
+                            raise MessageTooBig(
+                                f"compressed message of at least {wire} bytes on the wire "
+                                f"is over the read limit of {limit} bytes"
+                            )
+                        self._msg_wire = wire
                 self._mask = bytes(buf[pos + hlen - 4 : pos + hlen]) if masked else None
                 self._mask_off = 0
                 self._frame_fin = bool(fin)
@@ -400,29 +516,61 @@ class Connection:
                     pos += length
                     if masked:
                         chunk = apply_mask(chunk, self._mask)  # type: ignore[arg-type]
-                    self._data_chunk(bytes(chunk), bool(fin), True, events)
+                    self._data_chunk(bytes(chunk), bool(fin), events)
+                    if fin:
+                        room -= 1
                 else:
                     self._left = length
         except ProtocolError as exc:
-            self._failed = True
+            self._failed = self._done = True
             self._buf = b""
+            self._off = 0
             events.append(Failure(exc))
             return events
-        self._buf = bytes(buf[pos:]) if pos < end else b""
+        if pos < end:
+            # Keep the rest. Holding on to the input itself (bytes are immutable) saves
+            # copying a large held-back remainder on every resumed call; a remainder
+            # under half of it is copied, so memory stays within twice what is held.
+            if type(buf) is bytes and (end - pos) * 2 >= end:
+                self._buf = buf
+                self._off = pos
+            else:
+                self._buf = bytes(buf[pos:])
+                self._off = 0
+        elif held:
+            self._buf = b""
+            self._off = 0
+            if self._eof:
+                self._done = True
         return events
 
-    def _data_chunk(self, chunk: bytes, last: bool, frame_end: bool, events: list[Event]) -> None:
-        """Take a piece of a data message's payload; ``last`` when the message ends here."""
+    def _data_chunk(self, chunk: bytes, last: bool, events: list[Event]) -> None:
+        """Take a piece of a data message's payload; ``last`` when the message ends here.
+
+        Pieces go into one growing buffer, so a message of tiny fragments costs about
+        its size, not an object per fragment; a text message is validated piece by
+        piece (failing at the first impossible byte) and decoded once, at the end.
+        """
         if self._compressed:
             codec = self._codec
             assert codec is not None
             limit = self.max_size
-            # None, not 0, for "no limit": 0 is a real budget once the message is at it.
-            chunk = codec.decompress(chunk, limit - self._msg_size if limit else None, last)
+            try:
+                # None, not 0, for "no limit": 0 is a real budget once at the limit.
+                chunk = codec.decompress(chunk, limit - self._msg_size if limit else None, last)
+            except InflateError as exc:
+                if self._msg_op == _TEXT and exc.inflated:
+                    self._validate(exc.inflated)
+                raise exc.error from None
         self._msg_size += len(chunk)
+        acc = self._acc
         if self._msg_op == _TEXT:
-            parts: list[str] = self._parts  # type: ignore[assignment]
-            if last and not parts and self._decoder is None:
+            if last:
+                if acc is not None:
+                    acc += chunk
+                    chunk = acc  # type: ignore[assignment]
+                    self._acc = None
+                    self._decoder = None
                 try:
                     events.append(chunk.decode())
                 except UnicodeDecodeError as exc:
@@ -431,39 +579,37 @@ class Connection:
                     ) from None
                 self._msg_op = 0
                 return
-            decoder = self._decoder
-            if decoder is None:
-                decoder = self._decoder = _utf8_decoder()
-            try:
-                text = decoder.decode(chunk, last)
-            except UnicodeDecodeError as exc:
-                raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
-            if not last and _ed_surrogate_pending(decoder):
-                raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
-            if text:
-                parts.append(text)
-            if last:
-                events.append("".join(parts))
-                self._parts = []
-                self._decoder = None
-                self._msg_op = 0
-        else:
-            bparts: list[bytes] = self._parts  # type: ignore[assignment]
-            if last:
-                if bparts:
-                    bparts.append(chunk)
-                    events.append(b"".join(bparts))
-                    self._parts = []
-                else:
-                    events.append(chunk)
-                self._msg_op = 0
-            elif chunk:
-                bparts.append(chunk)
+            self._validate(chunk)
+        elif last:
+            if acc is not None:
+                acc += chunk
+                chunk = bytes(acc)
+                self._acc = None
+            events.append(chunk)
+            self._msg_op = 0
+            return
+        if chunk:
+            if acc is None:
+                self._acc = bytearray(chunk)
+            else:
+                acc += chunk
+
+    def _validate(self, chunk: bytes) -> None:
+        """Check a non-final piece of a text message: 1007 at the first impossible byte."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = _utf8_decoder()
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
+        if _ed_surrogate_pending(decoder):
+            raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
 
     def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == _PING:
             if self._close_sent is None:
-                self._out.append(encode_frame(0xA, payload, mask=not self._server))
+                self._pong = payload
             events.append(Ping(payload))
         elif opcode == _PONG:
             events.append(Pong(payload))
@@ -474,9 +620,10 @@ class Connection:
                 raise ProtocolError(exc.args[0], exc.args[1]) from None
             close = Close(code, reason)
             self._close_rcvd = close
+            self._done = True
             # A fragmented message cut by a close is simply abandoned.
             self._msg_op = 0
-            self._parts = []
+            self._acc = None
             self._decoder = None
             self._left = 0
             events.append(close)
@@ -484,17 +631,27 @@ class Connection:
             raise ProtocolError(f"reserved control opcode {opcode}")
 
     def receive_eof(self) -> None:
-        """The peer closed TCP; nothing more will be parsed."""
-        self._failed = self._failed or self._close_rcvd is None
-        self._buf = b""
+        """The peer closed TCP: nothing more arrives.
+
+        Complete frames still buffered (held back by ``max_messages``) can be parsed
+        with ``receive_data(b"", ...)``; :attr:`failed` is True unless a close frame
+        was (or is then) received.
+        """
+        self._eof = True
+        self._done = self._done or not self._buf
 
     def data_to_send(self) -> bytes:
-        """Bytes the protocol wants sent on its own (pongs); empty if none."""
-        out = self._out
-        if not out:
+        """Bytes the protocol wants sent on its own (a pong); empty if none.
+
+        One pong at most: it answers the latest ping received since the last call
+        (RFC 6455 §5.5.3), so a caller that holds off while the peer does not read
+        keeps one pending pong, never a pile.
+        """
+        pong = self._pong
+        if pong is None:
             return b""
-        self._out = []
-        return b"".join(out)
+        self._pong = None
+        return encode_frame(_PONG, pong, mask=not self._server)
 
     # ------------------------------------------------------------------ output
 
@@ -564,6 +721,11 @@ class Connection:
         payload = encode_close_payload(code, reason)
         self._close_sent = (code, reason)
         self._out_frag = 0
+        # From now on incoming data is dropped (RFC 6455 §1.4: after sending a close
+        # frame an endpoint need not process data): free what a message holds.
+        self._acc = None
+        self._decoder = None
+        self._pong = None
         return encode_frame(_CLOSE, payload, mask=not self._server)
 
     def close_reply(self) -> bytes:
@@ -578,7 +740,7 @@ class Connection:
 
     def fail(self, code: int, reason: str = "") -> bytes:
         """The close frame that fails the connection (empty if one was already sent)."""
-        self._failed = True
+        self._failed = self._done = True
         reason_b = reason.encode()
         if len(reason_b) > 123:
             reason = reason_b[:123].decode(errors="ignore")

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..exceptions import MessageTooBig, NegotiationError, ProtocolError
+from .connection import InflateError
 from .handshake import Request, Response, parse_extensions, serialize_extensions
 
 __all__ = ["DeflateCodec", "PerMessageDeflate"]
@@ -52,6 +53,17 @@ _SERVER_NCT = "server_no_context_takeover"
 _CLIENT_NCT = "client_no_context_takeover"
 _SERVER_BITS = "server_max_window_bits"
 _CLIENT_BITS = "client_max_window_bits"
+# Input is handed to zlib at most this much at a time: when a deflate stream ends,
+# zlib copies what follows it (unused_data), so the copy per stream end stays bounded.
+_SLICE = 16384
+# After a stream end, the next one is fed from this size up (doubling while it goes
+# on): the copy per stream end is then about the length of that stream.
+_SLICE_MIN = 64
+#: Each deflate stream a message starts after its first one counts this many bytes
+#: against the read limit: restarting costs zlib a new inflater, so a message of
+#: empty final blocks (``03 00``) is refused after limit/1024 of them (1009), not
+#: inflated block by block for free (issue 9 item 11).
+RESTART_COST = 1024
 
 
 # --------------------------------------------------------------------------- parameters
@@ -136,6 +148,29 @@ def _strip_tail(out: bytes) -> bytes:
     return out + b"\x00"
 
 
+# Deflate inflates at most 1032 bytes per input byte (a 258-byte match in two bits).
+_MAX_RATIO = 1032
+
+
+def _replay(infl: zlib._Decompress, piece: bytes | memoryview, budget: int) -> bytes | None:
+    """Inflate ``piece`` byte by byte from a saved state, after it failed zlib whole:
+    the output up to where it passes ``budget`` if that comes first in the stream,
+    None if the corrupt data does. Only run on failure, so valid input never pays.
+    """
+    out: list[bytes] = []
+    total = 0
+    for i in range(len(piece)):
+        try:
+            got = infl.decompress(piece[i : i + 1], budget - total + 1)
+        except zlib.error:
+            return None
+        out.append(got)
+        total += len(got)
+        if total > budget:
+            return b"".join(out)
+    return None
+
+
 class DeflateCodec:
     """permessage-deflate for one connection, as negotiated (a ``MessageCodec``).
 
@@ -157,10 +192,12 @@ class DeflateCodec:
     """
 
     __slots__ = (
+        "_charged",
         "_comp",
         "_comp_key",
         "_compress_takeover",
         "_decompress_takeover",
+        "_ended",
         "_infl",
         "_inflate_bits",
         "compress_bits",
@@ -190,6 +227,9 @@ class DeflateCodec:
         self._inflate_bits = max(decompress_bits, 9)
         self._comp: zlib._Compress | None = None
         self._infl: zlib._Decompress | None = None
+        # Stream restarts in the message being inflated, as bytes of its budget.
+        self._charged = 0
+        self._ended = False  # a stream ended; the next input byte starts another
         self.shared_key: tuple[object, ...] | None = (
             None if compress_takeover else (EXTENSION_NAME, *self._comp_key, threshold)
         )
@@ -225,42 +265,110 @@ class DeflateCodec:
         The limit is enforced while inflating: zlib is asked for one byte more than
         allowed, and getting it means the message is too big. So a small frame that
         would inflate to gigabytes costs at most the read limit before it is refused.
+
+        The work is linear in the input: zlib gets bounded slices, so the copy it makes
+        of the input behind a stream end is short, and each stream after the first
+        costs :data:`RESTART_COST` bytes of ``max_size``.
+
+        Raises:
+            InflateError: wrapping MessageTooBig (1009) or ProtocolError (1007), with
+                what was inflated within the limit before.
         """
-        infl = self._infl
-        if infl is None:
-            infl = self._infl = zlib.decompressobj(-self._inflate_bits)
         if final:
             data += _TAIL
+            wire_end = len(data) - 4
+        else:
+            wire_end = len(data)
+        budget = None if max_size is None else max_size - self._charged
         parts: list[bytes] = []
+        infl = self._infl
+        n = len(data)
+        pos = 0
+        step = _SLICE
+        view: memoryview | None = None
         try:
-            while True:
-                if max_size is None:
-                    out = infl.decompress(data)
+            while pos < n:
+                if infl is None:
+                    if self._ended:
+                        # A stream ended: what follows starts a new one. Only our own
+                        # tail behind the end of a message is nothing to inflate.
+                        if pos >= wire_end:
+                            break
+                        self._ended = False
+                        self._charged += RESTART_COST
+                        if budget is not None:
+                            budget -= RESTART_COST
+                            if budget < 0:
+                                raise MessageTooBig(
+                                    "compressed message restarts deflate too often: each "
+                                    f"stream after the first counts {RESTART_COST} bytes "
+                                    "against the read limit"
+                                )
+                    infl = self._infl = zlib.decompressobj(-self._inflate_bits)
+                if pos == 0 and n <= step:
+                    piece: bytes | memoryview = data
                 else:
-                    out = infl.decompress(data, max_size + 1)
-                    if len(out) > max_size:
-                        self._infl = None  # free zlib's state now; the connection fails
+                    if view is None:
+                        view = memoryview(data)
+                    piece = view[pos : pos + step]
+                if budget is None:
+                    out = infl.decompress(piece)
+                else:
+                    # zlib goes on reading block headers once the output is full, so
+                    # corrupt data just past the limit would fail the call (1007)
+                    # where smaller pieces stop at the limit first (1009). When this
+                    # piece can reach the limit, keep a copy to replay it exactly.
+                    saved = infl.copy() if _MAX_RATIO * len(piece) + 258 > budget else None
+                    try:
+                        out = infl.decompress(piece, budget + 1)
+                    except zlib.error:
+                        replayed = None if saved is None else _replay(saved, piece, budget)
+                        if replayed is None:
+                            raise
+                        out = replayed
+                    if len(out) > budget:
+                        parts.append(out[:budget])  # checked by the caller first
                         raise MessageTooBig(
                             "compressed message inflates past the read limit "
                             f"({max_size} more bytes were allowed)"
                         )
-                    max_size -= len(out)
-                parts.append(out)
+                    budget -= len(out)
+                if out:
+                    parts.append(out)
                 if not infl.eof:
-                    break
+                    # Below the limit zlib took the whole piece (max_length not reached).
+                    pos += len(piece)
+                    if step < _SLICE:
+                        step *= 2
+                    continue
                 # The peer ended a deflate stream (a block with BFINAL set, RFC 7692
                 # §7.2.3.4); whatever follows is a new stream. Its history is lost, so
                 # a peer that still refers to it gets a 1007 below.
-                data = infl.unused_data
-                infl = self._infl = zlib.decompressobj(-self._inflate_bits)
-                if not data:
-                    break
+                pos += len(piece) - len(infl.unused_data)
+                infl = self._infl = None
+                self._ended = True
+                step = _SLICE_MIN
+        except MessageTooBig as exc:
+            self._reset()
+            raise InflateError(exc, b"".join(parts)) from None
         except zlib.error as exc:
-            self._infl = None
-            raise ProtocolError(f"invalid compressed data: {exc}", 1007) from None
-        if final and not self._decompress_takeover:
-            self._infl = None
+            self._reset()
+            error = ProtocolError(f"invalid compressed data: {exc}", 1007)
+            raise InflateError(error, b"".join(parts)) from None
+        if final:
+            self._charged = 0
+            self._ended = False
+            if not self._decompress_takeover:
+                self._infl = None
+        if not parts:
+            return b""
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _reset(self) -> None:
+        """The message failed: free zlib's state now (the connection is failing)."""
+        self._infl = None
+        self._charged = 0
+        self._ended = False
 
     def __repr__(self) -> str:
         return (

@@ -286,8 +286,12 @@ class _HeadParser(Generic[_T]):
             lf = self._buf.find(b"\n", self._scan)
             if lf < 0:
                 self._scan = len(self._buf)
-                self._check_pending()
+                self._check_pending(len(self._buf))
                 return None
+            # The limits a pending line is held to apply first, to the bytes before
+            # the LF: fed byte by byte they fire before the LF arrives, so they must
+            # win over whatever the LF would reveal (a bare LF), for any split.
+            self._check_pending(lf)
             line = bytes(self._buf[: lf + 1])
             del self._buf[: lf + 1]
             self._scan = 0
@@ -315,13 +319,12 @@ class _HeadParser(Generic[_T]):
                 raise self._fail(f"more than {self._max_headers} header fields", 431)
             self._parse_field(content)
 
-    def _check_pending(self) -> None:
-        """Enforce the limits on a line still waiting for its LF.
+    def _check_pending(self, pending: int) -> None:
+        """Enforce the limits on a line of which ``pending`` bytes came before its LF.
 
         A pending line of ``max_line + 2`` bytes is over the limit whatever comes next
         (at best its last byte is the CR), so waiting for more would only buffer more.
         """
-        pending = len(self._buf)
         if self._start is None:
             if pending > self._max_line + 1:
                 raise self._fail(self._too_long("start line"), self._start_line_too_long)

@@ -1,0 +1,102 @@
+"""Coverage-guided fuzzing of Connection.receive_data, both sides (atheris).
+
+One input decides the side, the compression, the read limit, the split points and
+the max_messages bounds; the rest is the wire. The input is parsed twice: whole in
+one unbounded call, and split with bounds (then drained); both must give the same
+events, no exception may escape (errors are Failure events), no call may return
+more data messages than allowed, no message may pass the read limit, and without a
+bound only an incomplete frame head may stay buffered. Run: see fuzz/README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from epws.protocol.connection import Close, Connection, Failure, Ping, Pong, Side
+    from epws.protocol.deflate import DeflateCodec
+
+_CODES = {1002, 1007, 1009}
+
+
+def _norm(events: list[object]) -> list[object]:
+    out: list[object] = []
+    for ev in events:
+        if isinstance(ev, str | bytes):
+            out.append(ev)
+        elif isinstance(ev, Ping | Pong):
+            out.append((type(ev).__name__, ev.payload))
+        elif isinstance(ev, Close):
+            out.append(("close", ev.code, ev.reason))
+        else:
+            assert isinstance(ev, Failure), ev
+            assert ev.code in _CODES, ev
+            out.append(("fail", ev.code))
+    return out
+
+
+def _check(events: list[object], max_size: int, bound: int | None) -> None:
+    data = [ev for ev in events if isinstance(ev, str | bytes)]
+    if bound is not None:
+        assert len(data) <= bound, (len(data), bound)
+    if max_size:
+        for ev in data:
+            size = len(ev.encode()) if isinstance(ev, str) else len(ev)
+            assert size <= max_size, (size, max_size)
+    for i, ev in enumerate(events):
+        if isinstance(ev, Failure | Close):
+            assert i == len(events) - 1, "events after a Close or Failure"
+
+
+def TestOneInput(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    side = Side.SERVER if fdp.ConsumeBool() else Side.CLIENT
+    compressed = fdp.ConsumeBool()
+    max_size = fdp.PickValueInList([0, 1, 16, 125, 1000, 1 << 20])
+    cuts = sorted(fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 8), 0, 4096))
+    bounds = [fdp.PickValueInList([None, 0, 1, 2]) for _ in range(len(cuts) + 1)]
+    wire = fdp.ConsumeBytes(fdp.remaining_bytes())
+
+    def make() -> Connection:
+        return Connection(
+            side,
+            max_size=max_size,
+            codec=DeflateCodec(decompress_takeover=True) if compressed else None,
+        )
+
+    whole = make()
+    expected = whole.receive_data(wire)
+    _check(expected, max_size, None)
+    whole.data_to_send()
+
+    conn = make()
+    got: list[object] = []
+    prev = 0
+    for cut, bound in zip([*cuts, len(wire)], bounds, strict=True):
+        cut = max(prev, min(cut, len(wire)))
+        events = conn.receive_data(wire[prev:cut], max_messages=bound)
+        _check(events, max_size, bound)
+        got += events
+        conn.data_to_send()
+        if bound is None and not conn.failed and conn.close_rcvd is None:
+            # Unbounded: only a frame head (and a control frame's payload) may wait.
+            assert conn.input_buffered <= 14 + 125, conn.input_buffered
+        prev = cut
+    while True:
+        events = conn.receive_data(b"", max_messages=1)
+        _check(events, max_size, 1)
+        if not events:
+            break
+        got += events
+    assert _norm(got) == _norm(expected), (_norm(got), _norm(expected))
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

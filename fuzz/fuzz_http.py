@@ -1,0 +1,78 @@
+"""Coverage-guided fuzzing of the HTTP head parsers and what reads their result (atheris).
+
+RequestParser and ResponseParser get the input whole and split: the only error is
+HandshakeError, the result (head, rest, or status and message) is the same for every
+split, and a parsed head then goes through check_request / check_response and the
+permessage-deflate negotiation, which may only raise HandshakeError too. Run: README.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from epws.exceptions import HandshakeError
+    from epws.protocol.deflate import PerMessageDeflate
+    from epws.protocol.handshake import (
+        Request,
+        RequestParser,
+        Response,
+        ResponseParser,
+        check_request,
+        check_response,
+    )
+
+_PMD = PerMessageDeflate(client_max_window_bits=12)
+
+
+def parse(make: type[RequestParser] | type[ResponseParser], pieces: list[bytes]) -> object:
+    parser = make(max_line=256, max_headers=16, max_header_bytes=2048)
+    head = None
+    try:
+        for piece in pieces:
+            got = parser.feed(piece)
+            if got is not None:
+                assert head is None
+                head = got
+    except HandshakeError as exc:
+        return ("error", exc.status, str(exc))
+    if head is None:
+        return ("incomplete",)
+    return ("head", head, list(head.headers), parser.rest)
+
+
+def use(head: Request | Response) -> None:
+    try:
+        if isinstance(head, Request):
+            check_request(head)
+            _PMD.server_negotiate(head)
+        else:
+            check_response(head, "dGhlIHNhbXBsZSBub25jZQ==", ["chat"])
+            _PMD.client_accept(head)
+    except HandshakeError:
+        pass
+
+
+def TestOneInput(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    make = RequestParser if fdp.ConsumeBool() else ResponseParser
+    cuts = sorted(fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 8), 0, 1024))
+    wire = fdp.ConsumeBytes(fdp.remaining_bytes())
+    whole = parse(make, [wire])
+    bounds = [0, *(min(c, len(wire)) for c in cuts), len(wire)]
+    split = parse(make, [wire[a:b] for a, b in itertools.pairwise(bounds)])
+    assert repr(split) == repr(whole), (split, whole)
+    if isinstance(whole, tuple) and whole[0] == "head":
+        use(whole[1])  # type: ignore[arg-type]
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
