@@ -10,10 +10,8 @@ docs/concurrency.md. The sans-I/O protocol core is in :mod:`epws.protocol`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from .asyncio.client import Dialer, connect
-from .asyncio.conn import Conn, MessageWriter
+from .asyncio.conn import Conn, MessageWriter, broadcast
 from .asyncio.server import HTTPResponse, Server, Upgrader, serve
 from .exceptions import (
     BadOrigin,
@@ -67,22 +65,3 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
-
-
-def broadcast(conns: Iterable[Conn], message: PreparedMessage | str | bytes) -> list[Conn]:
-    """Write one message to many connections without waiting on any of them.
-
-    The message is encoded once. Connections that are closing are skipped. Returns
-    the connections that could not take it (closed), so the caller can drop them;
-    slow readers are the caller's policy: watch :attr:`Conn.buffered_amount`.
-    """
-    if not isinstance(message, PreparedMessage):
-        kind = MessageType.TEXT if isinstance(message, str) else MessageType.BINARY
-        message = PreparedMessage(kind, message)
-    failed: list[Conn] = []
-    for conn in conns:
-        try:
-            conn.write_prepared_nowait(message)
-        except (ConnectionClosed, InvalidState):
-            failed.append(conn)
-    return failed

@@ -9,6 +9,7 @@ for them the message is encoded on each write.
 
 from __future__ import annotations
 
+from .exceptions import InvalidState
 from .protocol.connection import Connection, Side
 from .protocol.frames import MessageType, encode_frame
 
@@ -42,8 +43,6 @@ class PreparedMessage:
     def frame_for(self, proto: Connection) -> bytes:
         """The bytes to write on ``proto``'s connection (and account for it there)."""
         if proto.close_sent is not None:
-            from .exceptions import InvalidState
-
             raise InvalidState("cannot send after the close frame was sent")
         if proto.side is Side.CLIENT:
             return proto.send_message(self.message_type, self.data)

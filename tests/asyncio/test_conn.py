@@ -394,7 +394,7 @@ async def test_read_deadline_raises_and_stays_failed() -> None:
         await sconn.send("late")
         await sconn.ping(b"sync")  # its pong proves "late" reached the client first
         async with asyncio.timeout(5):
-            while not client._events:
+            while not len(client._inbound):
                 await asyncio.sleep(0.01)
         with pytest.raises(TimeoutError):
             await client.recv()
@@ -507,17 +507,17 @@ async def test_reading_pauses_when_unread_messages_pile_up() -> None:
         assert not sconn.transport.is_reading()
         # One read chunk (<= 256 KiB) may complete several messages past max_queue.
         bound = max_queue + (256 * 1024) // size + 1
-        queued = len(sconn._events)
+        queued = len(sconn._inbound)
         assert max_queue <= queued <= bound
         stalled_at = sent
         done, _ = await asyncio.wait({task}, timeout=0.2)
         assert not done
-        assert sent == stalled_at and len(sconn._events) == queued
+        assert sent == stalled_at and len(sconn._inbound) == queued
         # The handler reads: reading resumes and the flood completes, in order.
         async with asyncio.timeout(30):
             for i in range(2000):
                 assert await sconn.recv() == bytes([i & 0xFF]) * size
-                assert len(sconn._events) <= bound
+                assert len(sconn._inbound) <= bound
             await task
         await client.close()
         cap.release.set()

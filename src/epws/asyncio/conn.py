@@ -7,8 +7,9 @@ Concurrency contract (see docs/concurrency.md):
 * **any number of writers for whole messages**: a message is handed to the transport
   in one synchronous call, so frames never interleave; writers wait only when the
   transport's buffer is over the high-water mark;
-* a fragmented message opened with :meth:`Conn.message_writer` belongs to its task
-  until it ends; other writes meanwhile raise :class:`~epws.ConcurrencyError`;
+* a fragmented message opened with :meth:`Conn.message_writer` owns the wire until it
+  ends; every other data write meanwhile (from any task, prepared messages and
+  :func:`broadcast` included) raises :class:`~epws.ConcurrencyError`;
 * :meth:`Conn.close`, :meth:`Conn.ping` and the deadline setters may be called from
   any task at any time.
 
@@ -16,17 +17,23 @@ Control frames are handled as they arrive, in the protocol callback, so pongs go
 and pong handlers run even while nobody reads. The peer's close frame and protocol
 failures are acted on in order: messages that arrived before them are delivered
 first, and the close reply (or the failing close frame) is sent when the reader gets
-past them, or at once if nothing is waiting to be read.
+past them, at once if nothing is waiting to be read, and at the latest after
+``close_timeout`` seconds whatever the application does.
+
+The inbound queue and every reason to pause reading belong to
+:class:`~epws.asyncio.messages.Inbound`; this module starts a close in one place
+(:meth:`Conn._start_close`) and drops TCP in one place (:meth:`Conn.abort`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
@@ -36,20 +43,43 @@ from ..exceptions import (
     ConnectionClosedOK,
     InvalidState,
 )
+from ..prepared import PreparedMessage
 from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
 from ..protocol.frames import MessageType
 from .deadlines import queue_for
+from .messages import WRITING, Inbound
 
 if TYPE_CHECKING:
-    from ..prepared import PreparedMessage
     from ..protocol.handshake import Request, Response
 
-__all__ = ["Conn", "MessageType", "MessageWriter"]
+__all__ = ["Conn", "MessageType", "MessageWriter", "broadcast"]
 
 logger = logging.getLogger("epws")
 
 
 _OK_CODES = (1000, 1001, 1005)
+_LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops the queue
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def _drop(message: str | bytes) -> None:
+    """Stands in for a failed ``on_message`` for the rest of the chunk."""
+
+
+def _fresh(err: ConnectionClosed) -> ConnectionClosed:
+    """A copy of ``err`` chained to it, for one raise.
+
+    Raising one stored instance again and again makes its traceback grow with every
+    raise (issue 9 item 10); each raise gets its own copy, whose ``__cause__`` is the
+    stored one (and through it what broke the connection).
+    """
+    cls = type(err)
+    new = cls.__new__(cls)
+    new.__dict__.update(err.__dict__)
+    new.args = err.args
+    new.__cause__ = err
+    new.__suppress_context__ = True
+    return new
 
 
 class Conn(asyncio.Protocol):
@@ -62,7 +92,8 @@ class Conn(asyncio.Protocol):
         request: the HTTP request of the opening handshake (server side).
         response: the HTTP response of the opening handshake (client side).
         subprotocol: the negotiated subprotocol, or None.
-        close_timeout: seconds :meth:`close` waits for the peer's close frame and TCP close.
+        close_timeout: seconds :meth:`close` waits for the peer's close frame and TCP
+            close, and at most how long a peer's close frame waits behind unread messages.
         pong_handler: called with each pong's payload (gorilla's SetPongHandler).
         ping_handler: called with each ping's payload; the pong is sent regardless.
     """
@@ -73,14 +104,12 @@ class Conn(asyncio.Protocol):
         "_deferred",
         "_drain_waiters",
         "_error",
-        "_events",
+        "_inbound",
+        "_late_pong",
         "_lost",
-        "_max_queue",
         "_pings",
         "_proto",
         "_read_deadline",
-        "_read_paused",
-        "_reader",
         "_registry",
         "_wpending",
         "_wpending_size",
@@ -122,20 +151,22 @@ class Conn(asyncio.Protocol):
         self.pong_handler: Callable[[bytes], object] | None = None
         self.on_message: Callable[[str | bytes], object] | None = None
         self.on_close: Callable[[ConnectionClosed], object] | None = None
-        # Allocated on first use: most of a server's connections are idle most of the
-        # time, and an empty deque alone costs more than 600 bytes.
-        self._events: collections.deque[str | bytes | Close | Failure] | tuple[()] = ()
-        self._max_queue = max_queue
-        self._reader: asyncio.Future[None] | None = None
-        self._read_paused = False
+        self._inbound = Inbound(self, max_queue)
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._writer_task: asyncio.Task[Any] | None = None
-        self._error: BaseException | None = None
-        self._deferred = False  # a Close/Failure waits in the queue for the reader
+        # The ConnectionClosed readers and writers get (each a fresh copy of it).
+        self._error: ConnectionClosed | None = None
+        # The peer's Close (or a Failure) waiting in the queue behind unread messages.
+        self._deferred: Close | Failure | None = None
+        # The payload of the latest ping not answered yet because the write buffer is
+        # over the high-water mark (only the latest is answered, RFC 6455 §5.5.3).
+        self._late_pong: bytes | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
         self._read_deadline: float | None = None  # kept by deadlines.queue_for(loop)
         self._write_deadline: float | None = None
+        # One timer at a time: answer a deferred close when due, or, once our close
+        # frame is out, drop TCP if the peer has not finished the handshake.
         self._close_timer: asyncio.TimerHandle | None = None
         # Made when somebody first waits for TCP to go (close(), wait_closed()): an idle
         # connection that nobody waits on never pays for a Future.
@@ -152,6 +183,7 @@ class Conn(asyncio.Protocol):
 
     @property
     def side(self) -> Side:
+        """Which end this is (:attr:`Side.SERVER` or :attr:`Side.CLIENT`)."""
         return self._proto.side
 
     @property
@@ -178,10 +210,12 @@ class Conn(asyncio.Protocol):
 
     @property
     def remote_address(self) -> Any:
+        """The peer's socket address, as the transport reports it."""
         return self.transport.get_extra_info("peername") if self.transport else None
 
     @property
     def local_address(self) -> Any:
+        """This end's socket address."""
         return self.transport.get_extra_info("sockname") if self.transport else None
 
     @property
@@ -238,52 +272,79 @@ class Conn(asyncio.Protocol):
         events = proto.receive_data(data)
         out = proto.data_to_send()
         if out:
-            self._write(out)
-        if not events:
-            return
-        queue = self._events
+            if self._write_paused:
+                self._hold_pong(events)
+            else:
+                self._write(out)
+        if events:
+            self._dispatch(events)
+
+    def _parse_held(self) -> bool:
+        """The queue made room: parse input the protocol held back; True if some is left.
+
+        The protocol of this version parses every chunk whole, so nothing is held.
+        """
+        return False
+
+    def _dispatch(self, events: list[Any]) -> None:
+        """Hand a chunk's events on, in order: messages, control frames, the end."""
+        inbound = self._inbound
         on_message = self.on_message
+        queue = None
         for ev in events:
             kind = type(ev)
             if kind is str or kind is bytes:
                 if on_message is not None:
                     try:
-                        on_message(ev)  # type: ignore[arg-type]
+                        on_message(ev)
                     except Exception:
                         logger.exception("on_message callback failed")
+                        # The rest of the chunk's messages go nowhere; its control
+                        # frames and close frame are still handled.
+                        on_message = _drop
                         self.close_nowait(1011, "internal error")
-                        return
                     continue
-                if type(queue) is tuple:
-                    queue = self._events = collections.deque()
-                queue.append(ev)  # type: ignore[union-attr, arg-type]
+                if queue is None:
+                    queue = inbound.queue()
+                queue.append(ev)
             elif kind is Ping:
-                if self.ping_handler is not None:
-                    self.ping_handler(ev.payload)  # type: ignore[union-attr]
+                handler = self.ping_handler
+                if handler is not None:
+                    try:
+                        handler(ev.payload)
+                    except Exception:
+                        logger.exception("ping_handler failed")
             elif kind is Pong:
-                self._on_pong(ev.payload)  # type: ignore[union-attr]
+                self._on_pong(ev.payload)
             else:
-                # Close or Failure: act now if nothing is left to read, else in turn.
-                if type(queue) is tuple:
-                    queue = self._events = collections.deque()
-                if proto.close_sent is not None:
-                    self._finish_closing(failed=kind is Failure)
-                elif queue or self._deferred:
-                    queue.append(ev)  # type: ignore[union-attr, arg-type]
-                    self._deferred = True
-                else:
-                    queue.append(ev)  # type: ignore[union-attr, arg-type]
-                    self._act_on(ev)  # type: ignore[arg-type]
-        reader = self._reader
-        if reader is not None and queue and not reader.done():
-            reader.set_result(None)
-        if (
-            len(queue) >= self._max_queue
-            and not self._read_paused
-            and proto.close_sent is None  # closing: read on to the peer's close frame
-        ):
-            self._read_paused = True
-            self.transport.pause_reading()
+                self._peer_closing(ev)
+        inbound.filled()
+
+    def _peer_closing(self, ev: Close | Failure) -> None:
+        """The peer's close frame or a protocol failure: act now, or after the queue."""
+        if self._proto.close_sent is not None:
+            # Our close frame is out: this ends the handshake (or the peer broke it).
+            self._finish_closing(failed=type(ev) is Failure)
+            return
+        inbound = self._inbound
+        # Nothing after it is parsed: read on, to see EOF.
+        inbound.close()
+        waiting = len(inbound)
+        inbound.queue().append(ev)
+        if not waiting:
+            self._act_on(ev)
+            return
+        # Messages wait unread before it: the reader answers it when it gets there,
+        # or the timer does, so the handshake ends whatever the application does.
+        self._deferred = ev
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.close_timeout, self._deferred_due)
+
+    def _deferred_due(self) -> None:
+        self._close_timer = None
+        ev = self._deferred
+        if ev is not None:
+            self._act_on(ev)
 
     def eof_received(self) -> bool | None:
         self._proto.receive_eof()
@@ -293,6 +354,7 @@ class Conn(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        self._deferred = None
         if self._error is None:
             self._error = self._closed_error(exc)
         err = self._error
@@ -308,49 +370,57 @@ class Conn(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
+        self._inbound.lost()
         waiters = self._drain_waiters
         if waiters:
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_exception(err)
+                    waiter.set_exception(_fresh(err))
                     waiter.exception()  # mark retrieved: a dropped writer is not a bug
             self._drain_waiters = None
         pings = self._pings
         if pings:
             for fut, _ in pings.values():
                 if not fut.done():
-                    fut.set_exception(err)
+                    fut.set_exception(_fresh(err))
                     fut.exception()
             self._pings = None
         on_close = self.on_close
         if on_close is not None:
             self.on_close = None
             try:
-                on_close(err if isinstance(err, ConnectionClosed) else self._closed_error(exc))
+                on_close(err)
             except Exception:
                 logger.exception("on_close callback failed")
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        if self.on_message is not None and not self._read_paused and not self._closed:
-            # Callback mode has no awaiting writer to slow down: stop taking input.
-            self._read_paused = True
-            self.transport.pause_reading()
+        if not self._drain_waiters:
+            # Nobody waits to write, so nothing slows the input that costs output
+            # (pongs; echoes in callback mode): stop taking input (see messages.py).
+            self._inbound.pause(WRITING)
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._read_paused and self.on_message is not None and not self._closed:
-            self._read_paused = False
-            self.transport.resume_reading()
+        self._inbound.resume(WRITING)
+        payload = self._late_pong
+        if payload is not None:
+            self._late_pong = None
+            if self._proto.close_sent is None and not self._closed:
+                self._write(self._proto.send_pong(payload))
         waiters = self._drain_waiters
         if waiters:
             self._drain_waiters = None
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    def _hold_pong(self, events: list[Any]) -> None:
+        """Over the high-water mark: keep only the latest ping's pong, for later."""
+        for ev in reversed(events):
+            if type(ev) is Ping:
+                self._late_pong = ev.payload
+                return
 
     # ------------------------------------------------------------ closing
 
@@ -372,22 +442,56 @@ class Conn(asyncio.Protocol):
             err.__cause__ = exc
         return err
 
+    def _closed_exc(self) -> ConnectionClosed:
+        """What to raise to a reader or writer of a closed (or closing) connection.
+
+        Always a fresh instance: the stored error's copy once TCP is gone, else one
+        describing the close frames so far.
+        """
+        err = self._error
+        if err is None:
+            if not self._closed:
+                return self._closed_error()
+            err = self._error = self._closed_error()
+        return _fresh(err)
+
     def _act_on(self, ev: Close | Failure) -> None:
-        """The reader reached the peer's close frame or a protocol failure: answer it."""
+        """Answer the peer's close frame (echo its code) or fail the connection."""
         proto = self._proto
-        transport = self.transport
         if type(ev) is Close:
-            reply = proto.close_reply()
-            if reply and not transport.is_closing():
-                self._write(reply)
-            self._finish_closing(failed=False)
+            self._start_close(proto.close_reply())
         else:
             error = ev.error  # type: ignore[union-attr]
             frame = proto.fail(error.code, str(error))
-            if frame and not transport.is_closing():
-                self._write(frame)
             self._error = self._closed_error(error)
-            self._finish_closing(failed=True)
+            self._start_close(frame, failed=True)
+
+    def _start_close(self, frame: bytes, *, failed: bool = False) -> None:
+        """The one way a close starts: our close frame out, then end the handshake.
+
+        Every close goes through here: :meth:`close_nowait`, a failed ``on_message``
+        or ``message_writer``, the answer to the peer's close frame, a protocol failure.
+        Reading goes on (to see the peer's close frame or EOF) and never pauses again;
+        TCP goes at once if both close frames are out (or we failed), else within
+        :attr:`close_timeout`.
+        """
+        if self._deferred is not None:
+            # A close that waited behind unread messages is answered by this one.
+            self._deferred = None
+            if self._close_timer is not None:
+                self._close_timer.cancel()
+                self._close_timer = None
+        self._inbound.close()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if frame:
+            self._write(frame)
+        self._flush()
+        if failed or self._proto.close_rcvd is not None:
+            self._finish_closing(failed=failed)
+        elif self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.close_timeout, self.abort)
 
     def _finish_closing(self, *, failed: bool) -> None:
         """Both close frames are out (or we failed): let TCP go, server side first."""
@@ -406,13 +510,13 @@ class Conn(asyncio.Protocol):
             except OSError:
                 # The peer reset TCP between our close frame and the half-close
                 # (asyncio's write_eof shuts the socket down at once): it is gone.
-                transport.abort()
+                self.abort()
                 return
         elif failed:
             transport.close()
             return
         if self._close_timer is None:
-            self._close_timer = self.loop.call_later(self.close_timeout, transport.abort)
+            self._close_timer = self.loop.call_later(self.close_timeout, self.abort)
 
     async def close(self, code: int | None = 1000, reason: str = "") -> None:
         """Run the closing handshake: send a close frame, wait for the peer's, close TCP.
@@ -425,43 +529,43 @@ class Conn(asyncio.Protocol):
         if self._closed:
             return
         self.close_nowait(code, reason)
-        transport = self.transport
         try:
             async with asyncio.timeout(self.close_timeout):
                 await asyncio.shield(self._lost_future())
         except TimeoutError:
-            transport.abort()
+            self.abort()
             await asyncio.shield(self._lost_future())
 
     def close_nowait(self, code: int | None = 1000, reason: str = "") -> None:
         """Start the closing handshake without waiting for it (safe in callbacks).
 
         The close frame goes out now; the connection is dropped if the peer has not
-        completed the handshake within :attr:`close_timeout` seconds.
+        completed the handshake within :attr:`close_timeout` seconds. If the peer's
+        close frame already waits behind unread messages, it is answered now.
         """
-        if self._closed:
+        if self._closed or self.transport.is_closing():
             return
-        proto = self._proto
-        transport = self.transport
-        if transport.is_closing():
+        deferred = self._deferred
+        if deferred is not None:
+            self._act_on(deferred)
             return
-        if proto.close_sent is None:
-            self._write(proto.send_close(code, reason))
-            self._flush()
-            if proto.close_rcvd is not None:
-                self._finish_closing(failed=False)
-                return
-        if self._read_paused:
-            # The peer's close frame is behind the unread data: read on to find it.
-            self._read_paused = False
-            transport.resume_reading()
-        if self._close_timer is None:
-            self._close_timer = self.loop.call_later(self.close_timeout, transport.abort)
+        self._start_close(self._proto.send_close(code, reason))
 
     def abort(self) -> None:
-        """Drop the TCP connection at once, without a closing handshake."""
-        if self.transport is not None:
-            self.transport.abort()
+        """Drop the TCP connection at once, without a closing handshake.
+
+        On TCP this is a reset (SO_LINGER 0): the kernel frees the send queue at once
+        instead of keeping it in FIN-WAIT-1 for a peer that never reads.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if not self._closed:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in _TCP_FAMILIES:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        transport.abort()
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed."""
@@ -499,51 +603,27 @@ class Conn(asyncio.Protocol):
         """Wait for the next message: ``str`` for text, ``bytes`` for binary."""
         if self.on_message is not None:
             raise InvalidState("messages are delivered to on_message, not read")
+        inbound = self._inbound
         while True:
-            queue = self._events
-            if type(self._error) is TimeoutError:
+            if inbound.timed_out:
                 raise TimeoutError("read deadline exceeded")
-            if queue:
-                ev = queue[0]
-                kind = type(ev)
-                if kind is str or kind is bytes:
-                    queue.popleft()
-                    if self._read_paused and len(queue) <= self._max_queue >> 2:
-                        self._read_paused = False
-                        if not self._closed:
-                            self.transport.resume_reading()
-                    return ev  # type: ignore[return-value]
-                if self._deferred:
-                    self._deferred = False
-                    self._act_on(ev)  # type: ignore[arg-type]
-                if self._error is None:
-                    # Close answered: wait for TCP to go, then report the close.
-                    await self._wait_lost_for_reader()
-                raise self._raise_error()
-            if self._error is not None:
-                raise self._raise_error()
-            if self._reader is not None:
-                raise ConcurrencyError("another task is already reading from this connection")
-            reader = self._reader = self.loop.create_future()
-            try:
-                await reader
-            finally:
-                self._reader = None
-
-    async def _wait_lost_for_reader(self) -> None:
-        reader = self._reader = self.loop.create_future()
-        try:
-            if not self._closed:
-                self._lost_future().add_done_callback(lambda _: _wake(reader))
-                await reader
-        finally:
-            self._reader = None
-
-    def _raise_error(self) -> BaseException:
-        err = self._error
-        if err is None:
-            err = self._error = self._closed_error()
-        return err
+            ev = inbound.next()
+            if ev is None:
+                if self._error is not None:
+                    raise self._closed_exc()
+                await inbound.wait()
+                continue
+            kind = type(ev)
+            if kind is str or kind is bytes:
+                return ev  # type: ignore[return-value]
+            # The peer's close frame or a failure: every message before it is read.
+            deferred = self._deferred
+            if deferred is not None:
+                self._act_on(deferred)
+            if self._error is None and not self._closed:
+                # Close answered: wait for TCP to go, then report the close.
+                await inbound.wait(self._lost_future())
+            raise self._closed_exc()
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:
         return self._iterate()
@@ -560,10 +640,10 @@ class Conn(asyncio.Protocol):
         """Fail reads once the loop clock passes ``when`` (``loop.time()`` based); None clears.
 
         As in gorilla, a read that times out leaves the connection unusable for reading:
-        this read and every later one raise :class:`TimeoutError`. The chat's pong
-        handler pushes the deadline forward on every pong. In callback mode (with
-        :attr:`on_message` set) there is no read to fail, so the connection is dropped
-        and :attr:`on_close` learns why.
+        this read and every later one raise :class:`TimeoutError`; writing and closing
+        still work. The chat's pong handler pushes the deadline forward on every pong.
+        In callback mode (with :attr:`on_message` set) there is no read to fail, so the
+        connection is dropped and :attr:`on_close` learns why.
         """
         if self._closed:
             when = None
@@ -580,22 +660,19 @@ class Conn(asyncio.Protocol):
                 self._error = self._closed_error(TimeoutError("read deadline exceeded"))
             self.abort()
             return
-        if self._error is None:
-            self._error = TimeoutError("read deadline exceeded")
-        reader = self._reader
-        if reader is not None and not reader.done():
-            reader.set_result(None)
+        self._inbound.time_out()
 
     # ------------------------------------------------------------ writing
 
-    def _check_open(self) -> None:
-        if self._closed or self._proto.close_sent is not None:
-            raise self._raise_error() if self._closed else self._closed_error()
-
     def _check_writable(self) -> None:
-        self._check_open()
-        if self._writer_task is not None and self._writer_task is not asyncio.current_task():
-            raise ConcurrencyError("a fragmented message is being written by another task")
+        """Whole data messages: the connection must be open and no fragmented one open."""
+        if self._closed or self._proto.close_sent is not None:
+            raise self._closed_exc()
+        if self._writer_task is not None:
+            raise ConcurrencyError(
+                "a fragmented message is being written (message_writer is open): "
+                "no other data message may be sent until it ends"
+            )
 
     async def send(
         self, data: str | bytes | bytearray | memoryview, *, compress: bool = True
@@ -617,9 +694,9 @@ class Conn(asyncio.Protocol):
 
         The frame is queued at once (frames of one loop iteration leave in one write).
         Nothing bounds the buffer here but the caller: watch :attr:`buffered_amount`.
-        In callback mode the connection helps: while its write buffer is over the
-        high-water mark it stops reading, so an echo-style handler cannot be made to
-        buffer without bound by a peer that sends and never reads.
+        The connection helps: while its write buffer is over the high-water mark it
+        stops reading, so an echo-style handler cannot be made to buffer without bound
+        by a peer that sends and never reads.
         """
         self._check_writable()
         proto = self._proto
@@ -661,12 +738,15 @@ class Conn(asyncio.Protocol):
             self._write(frame)
 
     async def _drain(self) -> None:
+        """Wait until the transport's buffer is under its low-water mark again."""
         if self._closed:
-            raise self._raise_error()
+            raise self._closed_exc()
         waiter = self.loop.create_future()
         waiters = self._drain_waiters
         if waiters is None:
             waiters = self._drain_waiters = []
+            # A task now waits to write: reading goes on (see messages.py, WRITING).
+            self._inbound.resume(WRITING)
         waiters.append(waiter)
         deadline = self._write_deadline
         if deadline is None:
@@ -677,13 +757,16 @@ class Conn(asyncio.Protocol):
                 await waiter
         except TimeoutError:
             # The frame is half-sent at best: the connection can't be used any more.
-            self.transport.abort()
+            if self._error is None:
+                self._error = self._closed_error(TimeoutError("write deadline exceeded"))
+            self.abort()
             raise TimeoutError("write deadline exceeded") from None
 
     def set_write_deadline(self, when: float | None) -> None:
         """Writes waiting for buffer space fail with TimeoutError after ``when`` (loop time).
 
-        A timed-out write drops the connection, as its frame may be half-sent.
+        A timed-out write drops the connection, as its frame may be half-sent; later
+        writes raise :class:`~epws.ConnectionClosed`.
         """
         self._write_deadline = when
 
@@ -697,9 +780,12 @@ class Conn(asyncio.Protocol):
                 async for chunk in source:
                     await w.write(chunk)
 
-        If the block raises after a frame went out, the message can never be completed
-        honestly (finishing it would deliver a truncated message as if whole), so the
-        connection is closed with 1011; if nothing went out yet, it stays usable.
+        While the block runs, no other data message may go out on this connection
+        (:class:`~epws.ConcurrencyError`); pings, pongs and close may, as control frames
+        can come between fragments. If the block raises after a frame went out, the
+        message can never be completed honestly (finishing it would deliver a truncated
+        message as if whole), so the connection is closed with 1011; if nothing went
+        out yet, it stays usable.
         """
         self._check_writable()
         self._writer_task = asyncio.current_task()
@@ -708,14 +794,7 @@ class Conn(asyncio.Protocol):
             yield writer
         except BaseException:
             if writer._started and self._proto.close_sent is None and not self._closed:
-                self._write(self._proto.send_close(1011, "message writer failed"))
-                self._flush()
-                if self._proto.close_rcvd is not None:
-                    self._finish_closing(failed=False)
-                elif self._close_timer is None:
-                    self._close_timer = self.loop.call_later(
-                        self.close_timeout, self.transport.abort
-                    )
+                self._start_close(self._proto.send_close(1011, "message writer failed"))
             raise
         else:
             await writer._finish()
@@ -724,7 +803,7 @@ class Conn(asyncio.Protocol):
 
     async def _write_fragment(self, opcode: int, data: bytes, fin: bool) -> None:
         if self._closed or self._proto.close_sent is not None:
-            raise self._raise_error() if self._closed else self._closed_error()
+            raise self._closed_exc()
         try:
             frame = self._proto.send_fragment(opcode, data, fin=fin)
         except InvalidState as exc:
@@ -734,6 +813,10 @@ class Conn(asyncio.Protocol):
             await self._drain()
 
     # ------------------------------------------------------------ ping / pong
+
+    def _check_open(self) -> None:
+        if self._closed or self._proto.close_sent is not None:
+            raise self._closed_exc()
 
     async def ping(self, data: bytes | None = None) -> asyncio.Future[float]:
         """Send a ping; the returned future gives the round-trip time when its pong arrives.
@@ -780,12 +863,30 @@ class Conn(asyncio.Protocol):
                     break
         handler = self.pong_handler
         if handler is not None:
-            handler(payload)
+            try:
+                handler(payload)
+            except Exception:
+                logger.exception("pong_handler failed")
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+def broadcast(conns: Iterable[Conn], message: PreparedMessage | str | bytes) -> list[Conn]:
+    """Write one message to many connections without waiting on any of them.
+
+    The message is encoded once. Returns the connections that could not take it
+    (closed or closing, timed out, a fragmented message open, any other error), so the
+    caller can drop them; one bad connection never stops the others from getting it.
+    Slow readers are the caller's policy: watch :attr:`Conn.buffered_amount`.
+    """
+    if not isinstance(message, PreparedMessage):
+        kind = MessageType.TEXT if isinstance(message, str) else MessageType.BINARY
+        message = PreparedMessage(kind, message)
+    failed: list[Conn] = []
+    for conn in conns:
+        try:
+            conn.write_prepared_nowait(message)
+        except Exception:
+            failed.append(conn)
+    return failed
 
 
 class MessageWriter:

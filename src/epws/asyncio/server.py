@@ -356,9 +356,9 @@ class _HTTPProtocol(asyncio.Protocol):
         conn.connection_made(transport)
         self._transport = None
         server._start_handler(conn)
-        if rest:
-            conn.data_received(rest)
-        transport.resume_reading()
+        # Reading was paused for the handshake: the Conn's inbound queue takes the bytes
+        # read past the request and resumes reading only if none of its rules holds it.
+        conn._inbound.hand_over(rest)
 
 
 async def serve(

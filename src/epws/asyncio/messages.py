@@ -1,0 +1,201 @@
+"""The inbound side of a Conn: unread messages, read back-pressure, the reader's wake-up.
+
+One object owns every reason to stop reading from the socket, so that no code path can
+turn back-pressure off behind another's back (issue 9: the server's hand-over of the
+bytes behind the upgrade request used to resume reading unconditionally, and reading
+then never paused again). Nothing else in epws calls the transport's
+``pause_reading()`` / ``resume_reading()`` once a :class:`~epws.asyncio.conn.Conn` owns it.
+
+Reading is paused while any of these holds, and resumed only when none does:
+
+* ``FULL``: ``max_queue`` messages wait unread. It clears when the reader has taken the
+  queue down to the low mark (a quarter of ``max_queue``) *and* the protocol holds no
+  input that it parsed no further because the queue had no room.
+* ``WRITING``: the transport's write buffer is over its high-water mark and no task of
+  ours waits for it to drain, in every mode. Input can cost output (a pong per ping, an
+  echo per message in callback mode); a peer that sends and never reads would otherwise
+  grow our write buffer without bound. A task waiting to write means the application is
+  already pushed back; reading on then is what lets the peer drain *its* side, so two
+  epws peers writing to each other both ways never deadlock (the Conn sends only the
+  latest pong meanwhile, RFC 6455 §5.5.3).
+* ``HANDOVER``: the server's opening-handshake protocol paused the transport while it
+  answered the request; the bytes it read past the request come in through
+  :meth:`Inbound.hand_over`, and only then may reading resume.
+
+Closing mode (our close frame sent, the peer's close frame received, the protocol
+failed): reading never pauses again, because it must go on to see the peer's close
+frame or EOF, and input costs nothing any more (the protocol answers no ping and keeps
+no message after our close frame, and parses nothing after the peer's). Once TCP is
+gone the transport is not touched at all.
+
+Memory: one small object per connection; the deque is made on the first message, since
+most of a server's connections are idle most of the time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING
+
+from ..exceptions import ConcurrencyError
+from ..protocol.connection import Close, Failure
+
+if TYPE_CHECKING:
+    from .conn import Conn
+
+__all__ = ["FULL", "HANDOVER", "WRITING", "Inbound"]
+
+FULL = 1
+WRITING = 2
+HANDOVER = 4
+
+_OPEN = 0
+_CLOSING = 1
+_LOST = 2
+
+Item = str | bytes | Close | Failure
+
+
+class Inbound:
+    """The queue of unread messages of one :class:`~epws.asyncio.conn.Conn`."""
+
+    __slots__ = ("_conn", "_events", "_high", "_paused", "_reader", "_state", "timed_out")
+
+    def __init__(self, conn: Conn, max_queue: int) -> None:
+        self._conn = conn
+        self._events: collections.deque[Item] | tuple[()] = ()
+        self._high = max_queue if max_queue > 0 else 1
+        self._paused = 0  # the reasons reading is paused, a bit each
+        self._reader: asyncio.Future[None] | None = None
+        self._state = _OPEN
+        # The read deadline passed: this read and every later one fail (gorilla's rule).
+        self.timed_out = False
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @property
+    def paused(self) -> int:
+        """The reasons reading is paused (``FULL | WRITING | HANDOVER``), 0 when reading."""
+        return self._paused
+
+    # ------------------------------------------------------------ the writer side
+
+    def queue(self) -> collections.deque[Item]:
+        """The deque the Conn appends a chunk's messages to; :meth:`filled` follows."""
+        events = self._events
+        if type(events) is tuple:
+            events = self._events = collections.deque()
+        return events  # type: ignore[return-value]
+
+    def room(self) -> int | None:
+        """How many more messages the queue takes before it is full; None: no bound.
+
+        The Conn passes this to the protocol so that it inflates and keeps no message
+        the queue could not hold (issue 9 item 12); in closing mode nothing is kept.
+        """
+        if self._state:
+            return None
+        room = self._high - len(self._events)
+        return room if room > 0 else 0
+
+    def filled(self) -> None:
+        """A chunk's messages are in: wake the reader, and stop reading once full."""
+        events = self._events
+        if events:
+            reader = self._reader
+            if reader is not None and not reader.done():
+                reader.set_result(None)
+            if len(events) >= self._high:
+                self.pause(FULL)
+
+    def pause(self, reason: int) -> None:
+        paused = self._paused
+        if not paused:
+            if self._state:
+                return  # closing: read on to the peer's close frame or EOF
+            self._conn.transport.pause_reading()
+        self._paused = paused | reason
+
+    def resume(self, reason: int) -> None:
+        paused = self._paused
+        if paused & reason:
+            paused &= ~reason
+            self._paused = paused
+            if not paused:
+                self._conn.transport.resume_reading()
+
+    def hand_over(self, rest: bytes) -> None:
+        """Take over a transport whose reading the opening handshake paused.
+
+        ``rest`` (what was read past the request) is parsed first, under every rule
+        above; reading resumes only if nothing else holds it paused.
+        """
+        self._paused |= HANDOVER
+        if rest:
+            self._conn.data_received(rest)
+        self.resume(HANDOVER)
+
+    def close(self) -> None:
+        """Enter closing mode: never pause again, and resume reading if paused."""
+        if self._state:
+            return
+        self._state = _CLOSING
+        if self._paused:
+            self._paused = 0
+            self._conn.transport.resume_reading()
+
+    def lost(self) -> None:
+        """TCP is gone: leave the transport alone and wake the reader."""
+        self._state = _LOST
+        self._paused = 0
+        self.wake()
+
+    # ------------------------------------------------------------ the reader side
+
+    def next(self) -> Item | None:
+        """The next message, taken off the queue; a Close/Failure is left in place.
+
+        Taking the queue down to the low mark lets the protocol parse the input it
+        held back, then resumes reading if nothing is held any more.
+        """
+        events = self._events
+        if not events:
+            return None
+        item = events[0]
+        kind = type(item)
+        if kind is str or kind is bytes:
+            events.popleft()
+            if self._paused & FULL and len(events) <= self._high >> 2:
+                held = self._conn._parse_held()
+                if not held and len(events) < self._high:
+                    self.resume(FULL)
+        return item
+
+    async def wait(self, until: asyncio.Future[None] | None = None) -> None:
+        """Wait for a message, the end, or ``until`` to be done; one reader at a time."""
+        if self._reader is not None:
+            raise ConcurrencyError("another task is already reading from this connection")
+        reader = self._reader = self._conn.loop.create_future()
+        try:
+            if until is not None:
+                until.add_done_callback(lambda _: _wake(reader))
+            await reader
+        finally:
+            self._reader = None
+
+    def wake(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def time_out(self) -> None:
+        """The read deadline passed: fail the waiting read and every later one."""
+        self.timed_out = True
+        self.wake()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
