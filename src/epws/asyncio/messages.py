@@ -89,17 +89,6 @@ class Inbound:
             events = self._events = collections.deque()
         return events  # type: ignore[return-value]
 
-    def room(self) -> int | None:
-        """How many more messages the queue takes before it is full; None: no bound.
-
-        The Conn passes this to the protocol so that it inflates and keeps no message
-        the queue could not hold (issue 9 item 12); in closing mode nothing is kept.
-        """
-        if self._state:
-            return None
-        room = self._high - len(self._events)
-        return room if room > 0 else 0
-
     def filled(self) -> None:
         """A chunk's messages are in: wake the reader, and stop reading once full."""
         events = self._events
