@@ -198,3 +198,36 @@ async def test_unix_connect_does_not_follow_redirects(tmp_path: Path) -> None:
                 await epws.unix_connect(str(path))
     finally:
         await server.close(timeout=2.0)
+
+
+CREDENTIALS = [("Authorization", "Bearer s3cret"), ("Cookie", "session=1"), ("X-Trace", "t1")]
+
+
+async def test_redirect_to_another_origin_drops_credentials() -> None:
+    seen: list[tuple[str, str | None, str | None, str | None]] = []
+
+    def route(request: Request) -> HTTPResponse | None:
+        h = request.headers
+        seen.append((request.path, h.get("Authorization"), h.get("Cookie"), h.get("X-Trace")))
+        if request.path == "/hop":
+            return HTTPResponse(302, headers=[("Location", "/final")])
+        return None
+
+    async with epws_server(echo, process_request=route) as target:
+        # Same origin: the credentials stay.
+        async with asyncio.timeout(10):
+            conn = await epws.connect(f"ws://127.0.0.1:{target.port}/hop", headers=CREDENTIALS)
+            await conn.close()
+        assert seen == [
+            ("/hop", "Bearer s3cret", "session=1", "t1"),
+            ("/final", "Bearer s3cret", "session=1", "t1"),
+        ]
+        seen.clear()
+        # Another port is another origin: they go, and stay gone for later hops.
+        location = f"ws://127.0.0.1:{target.port}/hop"
+        async with raw_server(redirecting(307, location)) as srv:
+            async with asyncio.timeout(10):
+                conn = await epws.connect(f"ws://127.0.0.1:{srv.port}/", headers=CREDENTIALS)
+                await conn.close()
+        assert srv.requests[0]["authorization"] == "Bearer s3cret"
+        assert seen == [("/hop", None, None, "t1"), ("/final", None, None, "t1")]

@@ -89,7 +89,7 @@ def test_recv_timeout_is_bounded_and_the_connection_stays_usable() -> None:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             conn.recv(timeout=0.2)
-        assert 0.15 <= time.monotonic() - started < 0.45
+        assert 0.15 <= time.monotonic() - started < 1.5
         assert conn.recv(timeout=5) == "late"
         conn.send("still")
         assert conn.recv(timeout=5) == "still"
@@ -186,7 +186,7 @@ def test_close_is_bounded_when_the_server_never_answers() -> None:
         conn = epws.sync.connect(f"ws://127.0.0.1:{port}/", close_timeout=0.3)
         started = time.monotonic()
         conn.close()
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 5  # close_timeout 0.3 s, not 10 s
         assert conn.close_code == 1006
     finally:
         thread.join(5)
@@ -258,3 +258,21 @@ def test_through_http_and_socks_proxies(tmp_path: Path, monkeypatch: pytest.Monk
             with pytest.raises(epws.ProxyError) as info:
                 epws.sync.connect(url, proxy=f"http://u:bad@127.0.0.1:{http_port}")
             assert info.value.status in (401, 407)
+
+
+def test_redirect_to_another_origin_drops_credentials() -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    def record(request: Request) -> None:
+        seen.append((request.headers.get("Authorization"), request.headers.get("X-Trace")))
+
+    with ThreadedServer(echo, process_request=record) as target:
+
+        def redirect(request: Request) -> HTTPResponse:
+            return HTTPResponse(302, headers=[("Location", f"ws://127.0.0.1:{target.port}/")])
+
+        with ThreadedServer(echo, process_request=redirect) as first:
+            headers = [("Authorization", "Bearer s3cret"), ("X-Trace", "t1")]
+            with epws.sync.connect(f"ws://127.0.0.1:{first.port}/", headers=headers):
+                pass
+    assert seen == [(None, "t1")]

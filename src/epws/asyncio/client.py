@@ -97,8 +97,10 @@ class Dialer:
             TimeoutError: the handshake took longer than ``handshake_timeout``.
             OSError: TCP or TLS failed (``ssl.SSLCertVerificationError`` included).
         """
+        origin = _origin_of(url)
+        headers = self.headers
         for _ in range(self.max_redirects + 1):
-            outcome = await self._dial_once(url, unix_path)
+            outcome = await self._dial_once(url, unix_path, headers)
             if isinstance(outcome, Conn):
                 return outcome
             if unix_path is not None:
@@ -107,9 +109,12 @@ class Dialer:
                 )
             logger.debug("redirected from %s to %s", url, outcome)
             url = outcome
+            headers = redirect_headers(headers, origin, url)
         raise HandshakeError(f"more than {self.max_redirects} redirects, the last to {url}", 300)
 
-    async def _dial_once(self, url: str, unix_path: str | None) -> Conn | str:
+    async def _dial_once(
+        self, url: str, unix_path: str | None, headers: Sequence[tuple[str, str]]
+    ) -> Conn | str:
         """One HTTP exchange: the open connection, or the URL a redirect points to."""
         secure, host, port, resource, host_header = parse_uri(url)
         context = None
@@ -127,7 +132,7 @@ class Dialer:
             origin=self.origin,
             subprotocols=self.subprotocols,
             extensions=offer,
-            extra_headers=self.headers,
+            extra_headers=headers,
         )
         server_hostname = host if secure else None
         async with asyncio.timeout(self.handshake_timeout):
@@ -205,6 +210,29 @@ class Dialer:
             # behind the 101): the transport will not tell the Conn, so we do.
             conn.connection_lost(hs.lost_exc)
         return conn
+
+
+# Credentials a redirect to another origin must not carry (curl drops them too).
+_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def _origin_of(url: str) -> tuple[bool, str, int]:
+    secure, host, port, _, _ = parse_uri(url)
+    return secure, host.lower(), port
+
+
+def redirect_headers(
+    headers: Sequence[tuple[str, str]], origin: tuple[bool, str, int], target: str
+) -> Sequence[tuple[str, str]]:
+    """The extra headers to send after a redirect to ``target``.
+
+    Authorization and Cookie headers are meant for the origin they were given for
+    (scheme, host, port of the URL first dialled): a redirect elsewhere drops them,
+    so a server cannot collect a client's credentials by redirecting it.
+    """
+    if _origin_of(target) == origin:
+        return headers
+    return [(name, value) for name, value in headers if name.lower() not in _CREDENTIALS]
 
 
 def _redirect_target(url: str, secure: bool, location: str, status: int) -> str:
@@ -301,10 +329,10 @@ def connect(url: str, *, backoff: Backoff | None = None, **options: Any) -> _Con
 
     Reconnecting: each round yields a new open connection, closing the previous one
     if the loop body left it open. Failed attempts are retried after the delays of
-    ``backoff`` when :func:`is_transient` says so and raised otherwise; a connection
-    that ended with 1012 (service restart) or 1013 (try again later) counts as a
-    failure too, so the next attempt waits. Any other ended connection resets the
-    count: the next attempt is immediate.
+    ``backoff`` when :func:`~epws.asyncio.client.is_transient` says so and raised
+    otherwise; a connection that ended with 1012 (service restart) or 1013 (try again
+    later) counts as a failure too, so the next attempt waits. Any other ended
+    connection resets the count: the next attempt is immediate.
     """
     return _Connect(Dialer(**options), url, backoff or Backoff())
 

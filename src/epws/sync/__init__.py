@@ -1,7 +1,7 @@
 """A blocking client for scripts and tests: ``epws.sync.connect(url)``.
 
-Built on the sans-I/O core (:mod:`epws.protocol`) over a plain socket, with no event
-loop and no thread of its own; see :mod:`epws.sync.client`.
+Built on the sans-I/O core (``epws.protocol``) over a plain socket, with no event
+loop and no thread of its own; see docs/sync-client.md.
 """
 
 from __future__ import annotations

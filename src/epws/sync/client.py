@@ -22,8 +22,17 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..asyncio.client import _redirect_target  # the same rules as the asyncio client
-from ..asyncio.proxy import _connect_request, _parse_proxy, _redact, select_proxy
+# The same redirect rules as the asyncio client.
+from ..asyncio.client import _origin_of, _redirect_target, redirect_headers
+from ..asyncio.proxy import (
+    _MAX_REPLY,
+    _SOCKS_STATUS,
+    _STATUS_LINE,
+    _connect_request,
+    _parse_proxy,
+    _redact,
+    select_proxy,
+)
 from ..exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -34,6 +43,7 @@ from ..exceptions import (
 from ..protocol.connection import Close, Connection, Failure, MessageCodec, Pong, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
+    Headers,
     Response,
     ResponseParser,
     build_request,
@@ -86,7 +96,7 @@ class ClientConnection:
 
     @property
     def close_code(self) -> int | None:
-        """The close code received (1006: none came), once the connection is closed."""
+        """The close code received, or 1006 if none came; None while open."""
         rcvd = self._proto.close_rcvd
         if rcvd is not None:
             return rcvd.code
@@ -285,6 +295,7 @@ def connect(
     """
     if compression is _DEFAULT_COMPRESSION:
         compression = PerMessageDeflate()
+    first = _origin_of(url)
     for _ in range(max_redirects + 1):
         outcome = _open_once(
             url,
@@ -307,6 +318,7 @@ def connect(
                 f"server redirected to {outcome!r}; not followed over a Unix socket", 300
             )
         url = outcome
+        headers = redirect_headers(headers, first, url)
     raise HandshakeError(f"more than {max_redirects} redirects, the last to {url}", 300)
 
 
@@ -448,9 +460,6 @@ def _open_socket(
 
 def _read_connect_reply(sock: socket.socket, deadline: float) -> Response:
     """The proxy's answer to CONNECT, read byte by byte so nothing after it is taken."""
-    from ..asyncio.proxy import _MAX_REPLY, _STATUS_LINE
-    from ..protocol.handshake import Headers
-
     buf = bytearray()
     while not buf.endswith(b"\r\n\r\n"):
         if len(buf) > _MAX_REPLY:
@@ -489,8 +498,6 @@ def _socks(
         raise ImportError(
             f"{scheme}:// proxies need python-socks: pip install 'epws[socks]'"
         ) from None
-    from ..asyncio.proxy import _SOCKS_STATUS
-
     kind = ProxyType.SOCKS5 if scheme.startswith("socks5") else ProxyType.SOCKS4
     proxy = Proxy(
         kind, phost, pport, username=user, password=password, rdns=scheme.endswith(("h", "a"))
