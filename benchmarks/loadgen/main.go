@@ -1030,6 +1030,8 @@ type scaleState struct {
 	fanGot              atomic.Int64
 	fanFirst, fanLast   atomic.Int64 // wall-clock ns of the first and last arrival
 	talkMeasuring       atomic.Bool
+	talkStart           atomic.Int64      // now() when the talk began
+	talkMaxBySecond     [120]atomic.Int64 // worst delivery latency (ns) per second of the talk
 }
 
 func scaleDialer(src string) *websocket.Dialer {
@@ -1139,6 +1141,15 @@ func (st *scaleState) read(sc *scaleConn, talker bool) {
 						continue
 					}
 					sc.h.add(t - ts)
+					if sec := (ts - st.talkStart.Load()) / 1e9; sec >= 0 && sec < int64(len(st.talkMaxBySecond)) {
+						m := &st.talkMaxBySecond[sec]
+						for lat := t - ts; ; {
+							cur := m.Load()
+							if lat <= cur || m.CompareAndSwap(cur, lat) {
+								break
+							}
+						}
+					}
 					atomic.AddInt64(&sc.got, 1)
 				}
 			}
@@ -1342,6 +1353,10 @@ func (st *scaleState) talk(talkers []*scaleConn, d, rate float64) map[string]any
 		}
 		return s
 	}
+	for i := range st.talkMaxBySecond {
+		st.talkMaxBySecond[i].Store(0)
+	}
+	st.talkStart.Store(now())
 	st.talkMeasuring.Store(true)
 	cpu := beginCPU()
 	t0 := time.Now()
@@ -1393,5 +1408,10 @@ func (st *scaleState) talk(talkers []*scaleConn, d, rate float64) map[string]any
 	out["p99_ms"] = h.quantile(0.99)
 	out["p999_ms"] = h.quantile(0.999)
 	out["max_ms"] = h.quantile(1.0)
+	bySecond := []float64{}
+	for i := 0; i < int(d+0.999) && i < len(st.talkMaxBySecond); i++ {
+		bySecond = append(bySecond, float64(st.talkMaxBySecond[i].Load())/1e6)
+	}
+	out["max_ms_by_second"] = bySecond // by send time: shows the keepalive sweeps
 	return out
 }
