@@ -418,6 +418,13 @@ def run(
                 s["pings"] for s in stats0
             )
             talk["dropped"] = sum(s["dropped"] for s in stats1)
+            drops = [s for s in stats1 if s.get("first_drop")]
+            if drops:
+                first = min(drops, key=lambda s: s["first_drop_s"])
+                talk["first_drop"] = first["first_drop"]
+                talk["first_drop_s"] = first["first_drop_s"]  # since its generator started
+                why, when = first["first_drop"], first["first_drop_s"]
+                log(f"first connection dropped {when:.0f} s after its generator started: {why}")
             result["talk"] = talk
             result["after_talk"] = snapshot(server.pid, gen_pids)
             worst = ", ".join(f"{v:.0f}" for v in talk.get("max_ms_by_second", []))

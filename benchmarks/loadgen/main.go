@@ -1025,6 +1025,8 @@ type scaleConn struct {
 
 type scaleState struct {
 	pings, dropped, bad atomic.Int64
+	firstDrop           atomic.Value // why the first dropped connection ended (string)
+	dropAt              atomic.Int64 // now() of the first drop
 	stopping            atomic.Bool
 	fanSeq              atomic.Int64 // the fan-out message being counted (0: none)
 	fanGot              atomic.Int64
@@ -1095,7 +1097,10 @@ func (st *scaleState) read(sc *scaleConn, talker bool) {
 		buf, data, err = readInto(c, buf)
 		if err != nil {
 			if !st.stopping.Load() {
-				st.dropped.Add(1)
+				if st.dropped.Add(1) == 1 {
+					st.dropAt.Store(now())
+				}
+				st.firstDrop.CompareAndSwap(nil, err.Error())
 			}
 			return
 		}
@@ -1321,10 +1326,15 @@ func runScale() map[string]any {
 		case "talk":
 			emitLocked(st.talk(talkers, arg(1), arg(2)))
 		case "stats":
-			emitLocked(map[string]any{
+			out := map[string]any{
 				"phase": "stats", "pings": st.pings.Load(), "dropped": st.dropped.Load(),
 				"bad_lines": st.bad.Load(), "open": len(idle) + len(talkers),
-			})
+			}
+			if why, ok := st.firstDrop.Load().(string); ok {
+				out["first_drop"] = why
+				out["first_drop_s"] = float64(st.dropAt.Load()) / 1e9
+			}
+			emitLocked(out)
 		case "quit":
 			closeEverything()
 			return map[string]any{"phase": "done", "pings": st.pings.Load(), "dropped": st.dropped.Load()}
