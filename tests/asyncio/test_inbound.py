@@ -292,7 +292,7 @@ async def test_item2_peer_ignoring_our_close_costs_no_memory() -> None:
             chunk = b"".join(zero_masked(2, bytes(1024)) for _ in range(100))
             most = 0
             with traced() as peak:
-                while not sconn.closed and loop.time() - start < close_timeout + 1:
+                while not sconn.closed and loop.time() - start < close_timeout + 3:
                     raw.send(chunk)  # 100 KiB, 100 messages, every 10 ms
                     most = max(most, queued(sconn))
                     await asyncio.sleep(0.01)
@@ -303,7 +303,7 @@ async def test_item2_peer_ignoring_our_close_costs_no_memory() -> None:
             elapsed = loop.time() - start
             assert most == 0, f"{most} messages kept after our close frame"
             assert peak[0] < 2 * MiB, f"grew {peak[0] / MiB:.1f} MiB"
-            assert sconn.closed and elapsed < close_timeout + 1.0
+            assert sconn.closed and elapsed < close_timeout + 1.5
         finally:
             raw.close()
             cap.release.set()
@@ -361,10 +361,10 @@ async def test_item9_peer_close_behind_unread_messages_is_answered_in_time() -> 
             messages = [f"m{i}" for i in range(5)]
             raw.send(b"".join(frame(1, m.encode()) for m in messages) + close_frame(1000, "done"))
             start = loop.time()
-            async with asyncio.timeout(close_timeout + 2):
+            async with asyncio.timeout(close_timeout + 4):
                 assert await raw.read_close() == (1000, "")
                 assert await raw.at_eof()
-            assert loop.time() - start < close_timeout + 0.5
+            assert loop.time() - start < close_timeout + 1.5
             async with asyncio.timeout(5):
                 await sconn.wait_closed()
                 assert [await sconn.recv() for _ in messages] == messages
@@ -391,7 +391,7 @@ async def test_held_close_frame_is_seen_when_we_close() -> None:
             start = loop.time()
             async with asyncio.timeout(3):
                 await sconn.close(1001)
-            assert loop.time() - start < 1.0
+            assert loop.time() - start < 2.5
             assert sconn.close_code == 1000
             assert await asyncio.wait_for(raw.read_close(), 2) == (1001, "")
         finally:
