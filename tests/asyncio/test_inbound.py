@@ -515,3 +515,32 @@ async def test_server_delivers_held_messages_after_tcp_is_gone() -> None:
         assert got == messages
         assert info.value.rcvd_code == 1000
         cap.release.set()
+
+
+async def test_control_frames_in_held_input_go_through_the_same_dispatch() -> None:
+    """A ping and a pong sit behind messages the full queue cannot take: they are
+    handled in order once the reader makes room (the pong reaches its handler, the
+    ping gets its answer), and the messages around them all arrive."""
+    messages = [f"m{i}" for i in range(12)]
+    cap = Capture()
+    async with server_with(cap.handler, max_queue=4, compression=None) as server:
+        raw = await RawClient.connect(server.port)
+        try:
+            sconn = await cap.conn
+            pongs: list[bytes] = []
+            sconn.pong_handler = pongs.append
+            wire = [frame(1, m.encode()) for m in messages]
+            wire.insert(8, frame(9, b"held ping") + frame(10, b"held pong"))
+            raw.send(b"".join(wire))
+            await wait_until(lambda: queued(sconn) >= 4)
+            await asyncio.sleep(0.1)
+            assert sconn._inbound.held and not pongs
+            async with asyncio.timeout(5):
+                got = [await sconn.recv() for _ in messages]
+                assert await raw.read_frame() == (10, True, b"held ping")
+            assert got == messages
+            assert pongs == [b"held pong"]
+            assert sconn.transport.is_reading()
+        finally:
+            raw.close()
+            cap.release.set()
