@@ -10,7 +10,7 @@ docs/concurrency.md. The sans-I/O protocol core is in :mod:`epws.protocol`.
 
 from __future__ import annotations
 
-from .asyncio.client import Dialer, connect
+from .asyncio.client import Backoff, Dialer, connect, unix_connect
 from .asyncio.conn import Conn, MessageWriter, broadcast
 from .asyncio.server import HTTPResponse, Server, Upgrader, serve
 from .exceptions import (
@@ -26,6 +26,7 @@ from .exceptions import (
     MessageTooBig,
     NegotiationError,
     ProtocolError,
+    ProxyError,
     is_unexpected_close,
 )
 from .prepared import PreparedMessage
@@ -34,6 +35,7 @@ from .protocol.frames import CloseCode, MessageType
 from .protocol.handshake import Request
 
 __all__ = [
+    "Backoff",
     "BadOrigin",
     "CloseCode",
     "ConcurrencyError",
@@ -54,6 +56,7 @@ __all__ = [
     "PerMessageDeflate",
     "PreparedMessage",
     "ProtocolError",
+    "ProxyError",
     "Request",
     "Server",
     "Upgrader",
@@ -61,6 +64,7 @@ __all__ = [
     "connect",
     "is_unexpected_close",
     "serve",
+    "unix_connect",
     "__version__",
 ]
 

@@ -5,7 +5,8 @@ The tree::
     EpwsError
     ├── HandshakeError            the opening handshake failed (carries an HTTP status)
     │   ├── BadOrigin             403: Origin refused by the origin check
-    │   └── NegotiationError      an extension or subprotocol answer does not fit the offer
+    │   ├── NegotiationError      an extension or subprotocol answer does not fit the offer
+    │   └── ProxyError            the proxy refused the tunnel (HTTP-like status: 407, 502...)
     ├── InvalidURI                not a ws:// or wss:// URL
     ├── ProtocolError             the peer broke RFC 6455/7692 (carries the close code sent)
     │   └── MessageTooBig         a message passed the read limit (close code 1009)
@@ -33,6 +34,7 @@ __all__ = [
     "MessageTooBig",
     "NegotiationError",
     "ProtocolError",
+    "ProxyError",
     "is_unexpected_close",
 ]
 
@@ -71,6 +73,15 @@ class BadOrigin(HandshakeError):
 
 class NegotiationError(HandshakeError):
     """An extension or subprotocol could not be agreed on."""
+
+
+class ProxyError(HandshakeError):
+    """The proxy did not open a tunnel to the server.
+
+    ``status`` is the proxy's HTTP answer to CONNECT (407: authentication wanted or
+    refused, 403: not allowed, 502/504: the proxy could not reach the server); SOCKS
+    refusals are given the status an HTTP proxy would have answered.
+    """
 
 
 class InvalidURI(EpwsError):
