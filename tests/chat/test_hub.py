@@ -156,10 +156,12 @@ async def test_a_full_send_buffer_evicts_at_once_without_touching_others(
     hub.unregister(stuck)  # its on_close after the eviction: a no-op
     hub.broadcast("after")
     assert await recv(peer) == "after"
-    # It gets what was written before the eviction, in order, then an EMPTY close frame.
+    # TCP went with the eviction (a reset frees the kernel's send queue at once): the
+    # empty close frame sat behind the backlog. What had reached the client is a prefix.
+    assert stuck_conn.closed
     async with asyncio.timeout(10):
         frames = await raw.read_until_eof()
-    assert frames[-1].opcode == CLOSE and frames[-1].payload == b""
+    assert all(f.opcode in (TEXT, CLOSE) for f in frames)
     got = [f.payload.decode() for f in frames if f.opcode == TEXT]
     assert got == sent[: len(got)] and len(got) < len(sent)
 

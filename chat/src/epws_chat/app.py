@@ -36,6 +36,7 @@ import epws
 from .broker import Broker, MemoryBroker
 from .client import PROTOCOL, Settings, accept, clean_room
 from .hub import Hub
+from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
 
 __all__ = [
     "BROKER_ENV",
@@ -74,17 +75,17 @@ def check_broker(spec: str) -> str:
     )
 
 
-def make_broker(spec: str, history: int) -> Broker:
+def make_broker(spec: str, history: int, retention: float = 86400.0) -> Broker:
     """The broker a ``--broker`` value names; the only place that knows the kinds."""
     if check_broker(spec) == "memory":
-        return MemoryBroker(history)
+        return MemoryBroker(history, retention=retention)
     try:
         from .redis_broker import RedisBroker
     except ImportError as exc:
         raise ValueError(
             f"--broker {spec!r} needs the redis package: pip install 'epws[redis]' ({exc})"
         ) from None
-    return RedisBroker(spec, history=history)
+    return RedisBroker(spec, history=history, retention=retention)
 
 
 def parse_addr(addr: str) -> tuple[str | None, int]:
@@ -105,14 +106,18 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
 
 
 def make_process_request(
-    static_dir: Path = STATIC_DIR,
+    static_dir: Path = STATIC_DIR, gate: Gate | None = None
 ) -> Callable[[epws.Request], epws.HTTPResponse | None]:
-    """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade."""
+    """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade
+    unless the ``gate`` refuses it (503: full; 429: too many from that address)."""
     page = static_dir / "home.html"
 
     def process_request(request: epws.Request) -> epws.HTTPResponse | None:
         if request.path == "/ws":
-            return None
+            refusal = gate.check_request(request) if gate is not None else None
+            if refusal is not None:
+                logger.info("refused %s: HTTP %d", request.target, refusal.status)
+            return refusal
         logger.info("%s %s", request.method, request.target)
         if request.path != "/" and not _is_room_page(request.path):
             return epws.HTTPResponse(404, "Not found\n", headers=[_NOSNIFF])
@@ -170,6 +175,8 @@ class Chat:
     settings: Settings
     scheme: str
     pinger: asyncio.Task[None]
+    gate: Gate
+    log_filters: list[RateLimitedLog]
 
     @property
     def port(self) -> int:
@@ -190,6 +197,8 @@ class Chat:
 
         timer = loop.call_later(timeout, drop_all)
         self.pinger.cancel()
+        for log_filter, name in zip(self.log_filters, FLOODABLE, strict=False):
+            logging.getLogger(name).removeFilter(log_filter)
         try:
             await server.close(1001, "going away", timeout=timeout)
         finally:
@@ -207,14 +216,34 @@ async def start_chat(
     sock: socket.socket | None = None,
     broker: Broker | None = None,
     reuse_port: bool = False,
+    gate: Gate | None = None,
+    log_rate: float = 20.0,
 ) -> Chat:
-    """Start a chat server on the running loop (port 0: any free port)."""
+    """Start a chat server on the running loop (port 0: any free port).
+
+    ``gate`` caps connections (default: :class:`~epws_chat.limits.Gate`'s caps);
+    ``log_rate`` bounds the per-request and per-connection log lines per second.
+    """
     settings = settings or Settings()
+    gate = gate if gate is not None else Gate()
     hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait)
     await hub.start()
 
     def handler(conn: epws.Conn) -> None:
+        address = gate.admit(conn)
+        if address is None:
+            logger.info("refused %s: too many connections", conn.remote_address)
+            conn.close_nowait(1013, "too many connections; try again later")
+            return
         accept(hub, settings, conn)
+        on_close = conn.on_close
+
+        def closed(exc: epws.ConnectionClosed) -> None:
+            gate.release(address)
+            if on_close is not None:
+                on_close(exc)
+
+        conn.on_close = closed
 
     upgrader = epws.Upgrader(
         check_origin=None,  # the same-origin check, as gorilla's nil CheckOrigin
@@ -228,13 +257,15 @@ async def start_chat(
         host,
         None if sock is not None else port,
         upgrader=upgrader,
-        process_request=make_process_request(static_dir),
+        process_request=make_process_request(static_dir, gate),
         ssl=ssl_context,
         sock=sock,
         reuse_port=reuse_port,
     )
     pinger = asyncio.get_running_loop().create_task(_keepalive(hub, settings))
-    return Chat(server, hub, settings, "https" if ssl_context is not None else "http", pinger)
+    filters = install_log_limits(log_rate) if log_rate > 0 else []
+    scheme = "https" if ssl_context is not None else "http"
+    return Chat(server, hub, settings, scheme, pinger, gate, filters)
 
 
 async def _keepalive(hub: Hub, settings: Settings) -> None:
@@ -248,17 +279,27 @@ async def _keepalive(hub: Hub, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     step = min(settings.ping_period, settings.write_wait / 2)
     next_ping = loop.time() + settings.ping_period
+    failures = 0
     while True:
         await asyncio.sleep(step)
-        hub.sweep()
-        if loop.time() < next_ping:
-            continue
-        next_ping += settings.ping_period
-        for client in list(hub.clients):
-            conn = client.conn
-            if not conn.closed:
-                with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                    await conn.ping(b"")
+        # Supervised: an unexpected error is logged and the next round runs anyway.
+        # Without this one bug would stop every ping and sweep, silently, forever.
+        try:
+            hub.sweep()
+            if loop.time() < next_ping:
+                continue
+            next_ping += settings.ping_period
+            for client in list(hub.clients):
+                conn = client.conn
+                if not conn.closed:
+                    with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
+                        await conn.ping(b"")
+            failures = 0
+        except Exception:
+            failures += 1
+            logger.exception("keepalive round failed (%d in a row); going on", failures)
+            if loop.time() >= next_ping:
+                next_ping = loop.time() + settings.ping_period
 
 
 def _ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -279,8 +320,14 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         port,
         ssl_context=context,
         static_dir=static_dir,
-        broker=make_broker(args.broker, args.history),
+        broker=make_broker(args.broker, args.history, args.history_ttl),
         reuse_port=worker,
+        gate=Gate(
+            max_connections=args.max_connections,
+            max_per_address=args.max_connections_per_address,
+            trust_forwarded=args.trust_forwarded_for,
+        ),
+        log_rate=args.log_rate,
     )
     shown = host if host is not None else "localhost"
     if ":" in shown:
@@ -419,6 +466,77 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes serving the same port (SO_REUSEPORT), supervised; N > 1 needs "
         "a Redis --broker (default: %(default)s)",
     )
+    scale.add_argument(
+        "--history-ttl",
+        type=float,
+        default=86400.0,
+        metavar="S",
+        help="seconds a room's history is kept after its last message (Redis: an "
+        "EXPIRE refreshed by each message; memory: rooms without members); 0 keeps it "
+        "(default: %(default)s)",
+    )
+    abuse = parser.add_argument_group("abuse controls (0 turns a limit off)")
+    abuse.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        metavar="N",
+        help="messages per second one connection may send on average; the excess is "
+        "dropped and the sender told (default: %(default)s)",
+    )
+    abuse.add_argument(
+        "--burst",
+        type=int,
+        default=60,
+        metavar="N",
+        help="messages one connection may send at once above --rate (default: %(default)s)",
+    )
+    abuse.add_argument(
+        "--abuse-limit",
+        type=int,
+        default=200,
+        metavar="N",
+        help="dropped messages (decaying at --rate) after which a flooder is closed "
+        "with 1008 (default: %(default)s)",
+    )
+    abuse.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="open connections per process; more are refused with HTTP 503 (default: %(default)s)",
+    )
+    abuse.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections per client address; more are refused (HTTP 429 with "
+        "--trust-forwarded-for, else closed with 1013) (default: %(default)s)",
+    )
+    abuse.add_argument(
+        "--trust-forwarded-for",
+        action="store_true",
+        help="take the client address from X-Forwarded-For (only behind a proxy that "
+        "sets it: clients can send any value)",
+    )
+    abuse.add_argument(
+        "--socket-send-buffer",
+        type=int,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="kernel send buffer per connection (SO_SNDBUF; Linux doubles it); bounds "
+        "what a stuck client holds in the kernel; 0: the kernel's default "
+        "(default: %(default)s)",
+    )
+    abuse.add_argument(
+        "--log-rate",
+        type=float,
+        default=20.0,
+        metavar="N",
+        help="per-request and per-connection log lines per second; the rest are "
+        "counted, not written (default: %(default)s)",
+    )
     # Set by the supervisor on the command line of each worker it starts.
     scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     ops = parser.add_argument_group("operation")
@@ -463,6 +581,10 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sett
             ping_period=ping_period,
             write_wait=args.write_wait,
             history=args.history,
+            rate=args.rate,
+            burst=args.burst,
+            abuse_limit=args.abuse_limit,
+            socket_send_buffer=args.socket_send_buffer,
         )
     except ValueError as exc:
         parser.error(str(exc))

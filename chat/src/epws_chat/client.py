@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from dataclasses import dataclass
 
 import epws
@@ -94,6 +95,17 @@ class Settings:
             frame may wait for the peer's answer, before the connection is dropped
             (Go: ``writeWait``, 10 s, the deadline of every write).
         history: messages of its room an ``epws.chat.v1`` client receives on joining.
+        rate: messages per second a connection may send, on average (a token bucket;
+            0: no limit). Over it the sender is told once and its excess is dropped,
+            so one flooder cannot fill every member's send buffer until the room is
+            evicted (the Go original has no defence against this).
+        burst: messages a connection may send at once above ``rate``.
+        abuse_limit: dropped messages (decaying at ``rate`` per second) after which
+            the connection is closed with 1008: a client that keeps flooding after
+            being told is not a person typing.
+        socket_send_buffer: SO_SNDBUF of each connection in bytes (the kernel doubles
+            it; 0: the kernel's default, which on Linux grows to megabytes). It bounds
+            what a stuck client holds in the kernel, on top of ``send_limit``.
     """
 
     send_buffer: int = 256
@@ -102,6 +114,10 @@ class Settings:
     ping_period: float = 54.0
     write_wait: float = 10.0
     history: int = 100
+    rate: float = 10.0
+    burst: int = 60
+    abuse_limit: int = 200
+    socket_send_buffer: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if self.send_buffer < 1:
@@ -114,6 +130,10 @@ class Settings:
             raise ValueError("write_wait must be positive")
         if self.history < 0:
             raise ValueError("history must not be negative")
+        if self.rate < 0 or self.burst < 1 or self.abuse_limit < 1:
+            raise ValueError("rate must not be negative; burst and abuse_limit must be positive")
+        if self.socket_send_buffer < 0:
+            raise ValueError("socket_send_buffer must not be negative")
 
     @property
     def send_limit(self) -> int:
@@ -136,8 +156,14 @@ class Client:
     __slots__ = (
         "_by_us",
         "_pong_wait",
+        "_rate",
+        "_stamp",
+        "_strikes",
+        "_tokens",
+        "_told",
         "backlog_since",
         "conn",
+        "dropped",
         "holding",
         "hub",
         "label",
@@ -165,6 +191,15 @@ class Client:
         self.backlog_since: float | None = None
         self._pong_wait = settings.pong_wait
         self._by_us = False
+        # The token bucket (see Settings.rate): tokens, when they were counted, the
+        # decaying count of dropped messages, and whether the sender was told.
+        self._rate = (settings.rate, float(settings.burst), float(settings.abuse_limit))
+        self._tokens = float(settings.burst)
+        self._stamp = conn.loop.time()
+        self._strikes = 0.0
+        self._told = False
+        #: Messages of this client dropped by the rate limit.
+        self.dropped = 0
         address = conn.remote_address
         if isinstance(address, tuple) and len(address) >= 2:
             host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
@@ -254,6 +289,19 @@ class Client:
         """
         if self not in self.hub:
             return  # evicted (or leaving): its lines are no longer the room's
+        rate, burst, limit = self._rate
+        if rate:
+            now = self.conn.loop.time()
+            elapsed = now - self._stamp
+            self._stamp = now
+            tokens = min(burst, self._tokens + elapsed * rate)
+            if tokens < 1.0:
+                self._tokens = tokens
+                self._over_rate(elapsed, rate, limit)
+                return
+            self._tokens = tokens - 1.0
+            self._strikes = max(0.0, self._strikes - elapsed * rate)
+            self._told = False
         if not isinstance(message, str):
             # Go broadcasts the bytes of binary messages as text; decoding keeps the
             # outgoing text frame valid UTF-8.
@@ -266,6 +314,21 @@ class Client:
         self.hub.broadcast(
             clean_text(normalize(message)), room=self.room, name=self.name, sender=self
         )
+
+    def _over_rate(self, elapsed: float, rate: float, limit: float) -> None:
+        """A message over the rate limit: dropped; the sender told once per episode;
+        closed with 1008 when the drops keep coming faster than they decay."""
+        self.dropped += 1
+        self._strikes = max(0.0, self._strikes - elapsed * rate) + 1.0
+        if self._strikes > limit:
+            logger.warning("%s: closed for flooding (%d messages dropped)", self, self.dropped)
+            self.hub.unregister(self)
+            self.conn.close_nowait(1008, "rate limit exceeded")
+            return
+        if not self._told:
+            self._told = True
+            text = f"too many messages: at most {rate:g} per second; the excess is dropped"
+            self._send_line(_error_line(text) if self.structured else f"error: {text}")
 
     def _command(self, line: str) -> str | None:
         """A JSON client's message: the text to broadcast, or None for a command."""
@@ -301,9 +364,17 @@ class Client:
 
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
-        sends when its channel is closed; TCP goes after ``write_wait`` at the latest."""
+        sends when its channel is closed, then TCP goes at once (a reset).
+
+        The Go original closes the socket right after writing its close frame. An
+        evicted client is one whose backlog does not drain, so the close frame sits
+        behind it and waiting for a close reply would only hold the kernel's send
+        queue (megabytes) for a peer that is not reading. The reset frees it now.
+        """
         self._by_us = True
-        self.conn.close_nowait(None)
+        conn = self.conn
+        conn.close_nowait(None)
+        conn.abort()
 
     def _closed(self, exc: epws.ConnectionClosed) -> None:
         self.hub.unregister(self)
@@ -341,6 +412,11 @@ def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
             message_id_key(after)  # the brokers' own parser: what passes, Redis takes
         except ValueError:
             after = None
+    if settings.socket_send_buffer:
+        sock = conn.transport.get_extra_info("socket") if conn.transport else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
     client = Client(hub, conn, settings, room=room, name=name)
     logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
     client.start(settings, after=after)
