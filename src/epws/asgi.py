@@ -201,7 +201,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._connect_sent = False
         self._lost = False
         self._lost_waiter: asyncio.Future[None] | None = None
-        self._early = bytearray()  # frames sent before the 101 (a client error)
+        self._early: bytearray | None = None  # frames sent before the 101 (a client error)
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         # Denial response: the head waits for the first body message, to know whether
@@ -224,10 +224,13 @@ class WebSocketProtocol(asyncio.Protocol):
         if parser is None:
             # The client must wait for our answer before sending frames (RFC 6455
             # §4.1); keep a little for the Conn to judge, and stop reading.
-            if self._phase == _HANDSHAKE and len(self._early) < _EARLY_LIMIT:
-                self._early += data
-                assert self.transport is not None
-                self.transport.pause_reading()
+            if self._phase == _HANDSHAKE:
+                early = self._early
+                if early is None:
+                    early = self._early = bytearray()
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+                early += data[: _EARLY_LIMIT - len(early)]
             return
         try:
             request = parser.feed(data)
@@ -512,14 +515,13 @@ class WebSocketProtocol(asyncio.Protocol):
         )
         self._log("[accepted]")
         proto = Connection(Side.SERVER, max_size=self.config.ws_max_size, codec=self._codec)
+        # The Conn keeps no request: the app has every field of it in the scope.
         conn = Conn(
             proto,
             max_queue=self.config.ws_max_queue,
             close_timeout=CLOSE_TIMEOUT,
             subprotocol=subprotocol,
-            request=request,
         )
-        request.headers.compact()
         self._request = None
         transport.write(response)
         self._phase = _OPEN
@@ -528,10 +530,10 @@ class WebSocketProtocol(asyncio.Protocol):
         transport.set_protocol(conn)
         conn.connection_made(transport)
         early = self._early
-        if early:
+        if early is not None:
             # Reading was paused on the early bytes: the Conn parses them under its
             # own rules and resumes reading only if none of them holds it.
-            self._early = bytearray()
+            self._early = None
             conn._inbound.hand_over(bytes(early))
         waiter = self._lost_waiter
         if waiter is not None and not waiter.done():

@@ -26,6 +26,7 @@ class Seen:
     disconnects: list[tuple[int, str]] = field(default_factory=list)
     send_errors: list[BaseException] = field(default_factory=list)
     finished: int = 0
+    sent: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -102,6 +103,7 @@ def starlette_app() -> tuple[Starlette, Seen]:
             chunk = "x" * 65536
             for _ in range(100_000):
                 await ws.send_text(chunk)
+                seen.sent += 1
         except BaseException as exc:
             seen.send_errors.append(exc)
             raise
@@ -183,6 +185,15 @@ def raw_app() -> tuple[Any, Seen]:
                 count += 1
             await send({"type": "websocket.send", "text": str(count)})
             await send({"type": "websocket.close"})
+        elif path == "/slow-accept":
+            # Accepts late, then echoes one message: frames sent before the 101 wait.
+            await asyncio.sleep(0.3)
+            await send({"type": "websocket.accept"})
+            message = await receive()
+            await send({"type": "websocket.send", "text": "got " + message["text"]})
+            await send({"type": "websocket.close"})
+        elif path == "/accept-and-return":
+            await send({"type": "websocket.accept"})
         elif path == "/return-early":
             return
         seen.note()

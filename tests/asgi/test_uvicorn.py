@@ -17,7 +17,7 @@ import struct
 import zlib
 
 import pytest
-import websockets
+from starlette.websockets import WebSocketDisconnect
 from websockets.asyncio.client import connect as ws_connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
@@ -419,7 +419,7 @@ async def test_client_that_disappears_ends_the_app(impl: str) -> None:
 
 
 async def test_client_that_disappears_while_the_app_sends(impl: str) -> None:
-    """The app's send raises (an OSError, spec 2.4; Starlette makes it its disconnect)."""
+    """The app's send raises an OSError (spec 2.4), which Starlette turns into its disconnect."""
     app, seen = starlette_app()
     async with running(app, impl) as run:
         reader, writer = await asyncio.open_connection("127.0.0.1", run.port)
@@ -430,23 +430,44 @@ async def test_client_that_disappears_while_the_app_sends(impl: str) -> None:
         await reader.readexactly(65536)
         writer.transport.abort()
         await seen.wait_for(lambda: seen.finished == 1)
+        async with asyncio.timeout(10):
+            while run.server.server_state.connections:
+                await asyncio.sleep(0.01)
     (error,) = seen.send_errors
-    assert isinstance(error, (OSError, websockets.exceptions.ConnectionClosed, Exception))
+    assert isinstance(error, WebSocketDisconnect)
 
 
 async def test_app_send_waits_for_a_client_that_does_not_read(impl: str) -> None:
-    """Flow control to the app: its sends stop while the client reads nothing."""
+    """Flow control to the app: while the client reads nothing, the app's sends stop.
+
+    What the server holds is bounded by the kernel's socket buffers (a few MiB on
+    loopback) plus the transport's high-water mark, whatever the app tries to send.
+    """
     app, seen = starlette_app()
     async with running(app, impl) as run:
-        sock_reader, writer = await asyncio.open_connection("127.0.0.1", run.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", run.port, limit=65536)
         data, _ = request_bytes(run.port, path="/push")
         writer.write(data)
-        status, _, _ = await read_http_head(sock_reader)
+        status, _, _ = await read_http_head(reader)
         assert status == 101
         await asyncio.sleep(1.0)
-        assert seen.finished == 0, "the app is still blocked in send"
+        stalled_at = seen.sent
+        await asyncio.sleep(0.5)
+        assert seen.sent == stalled_at, "the app is blocked in send"
+        assert stalled_at * 65536 < 32 * 1024 * 1024
+        assert seen.finished == 0
         writer.transport.abort()
         await seen.wait_for(lambda: seen.finished == 1)
+
+
+async def test_app_returning_after_accept_closes_the_connection(impl: str) -> None:
+    """epws closes with 1000 (the app is done); uvicorn's own implementations drop TCP."""
+    app, _ = raw_app()
+    async with running(app, impl) as run:
+        conn = await epws.connect(run.url + "/accept-and-return")
+        with pytest.raises(epws.ConnectionClosed) as info:
+            await conn.recv()
+    assert info.value.code == (1000 if impl == "epws" else 1006)
 
 
 # ----------------------------------------------------------------------------- epws only
@@ -469,26 +490,57 @@ async def test_unread_messages_pause_reading_at_ws_max_queue() -> None:
     app, seen = raw_app()
     async with (
         running(app, "epws", ws_max_queue=4) as run,
-        epws.connect(run.url + "/hold") as conn,
+        epws.connect(run.url + "/hold", compression=None) as conn,
     ):
         size = 64 * 1024
+        sent = 0
 
         async def flood() -> None:
+            nonlocal sent
             for _ in range(200):
-                await conn.send(os.urandom(size))  # random: compression can't shrink it
+                await conn.send(os.urandom(size))
+                sent += 1
 
         sender = asyncio.get_running_loop().create_task(flood())
-        await asyncio.sleep(1.0)
         (proto,) = run.server.server_state.connections
         assert isinstance(proto, WebSocketProtocol) and proto.conn is not None
+        inbound = proto.conn._inbound
+        async with asyncio.timeout(20):
+            while not inbound.paused:
+                await asyncio.sleep(0.01)
         # The Conn parses each read whole (at most 256 KiB on both loops), so the
         # queue stops at ws_max_queue plus what the last read completed.
-        assert len(proto.conn._inbound) <= 4 + (256 * 1024) // size + 1
-        assert proto.conn._inbound.paused
-        assert not sender.done(), "the client is pushed back"
+        assert len(inbound) <= 4 + (256 * 1024) // size + 1
+        # The client is pushed back: what it sends stays in the kernel's buffers.
+        async with asyncio.timeout(20):
+            while True:
+                before = sent
+                await asyncio.sleep(0.5)
+                if sent == before:
+                    break
+        assert not sender.done()
+        assert sent * size < 32 * 1024 * 1024
+        assert len(inbound) <= 4 + (256 * 1024) // size + 1
         seen.release.set()
         await sender
         assert await conn.recv() == "200"
+
+
+async def test_frames_sent_before_the_101_are_read_after_it() -> None:
+    """A client that does not wait for the 101 (RFC 6455 §4.1 says it must): its frames
+    are held, reading pauses, and the Conn parses them once the app accepts."""
+    app, _ = raw_app()
+    async with running(app, "epws") as run:
+        reader, writer = await asyncio.open_connection("127.0.0.1", run.port)
+        data, _ = request_bytes(run.port, path="/slow-accept")
+        writer.write(data)
+        await asyncio.sleep(0.1)  # uvicorn has handed over; the app has not accepted
+        writer.write(frame(1, b"early"))
+        status, _, _ = await read_http_head(reader)
+        assert status == 101
+        opcode, _, payload = await read_server_frame(reader)
+        assert (opcode, payload) == (1, b"got early")
+        writer.close()
 
 
 async def test_keepalive_closes_a_client_that_never_answers_pings() -> None:

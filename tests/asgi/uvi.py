@@ -51,6 +51,8 @@ async def running(app: Any, ws: Any = "epws", **options: Any) -> AsyncIterator[R
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     options.setdefault("lifespan", "off")
+    # An app stuck after its connection closed must not hang the test's shutdown.
+    options.setdefault("timeout_graceful_shutdown", 5)
     config = uvicorn.Config(
         app,
         ws=IMPLEMENTATIONS.get(ws, ws),
