@@ -40,11 +40,27 @@ GOCHAT = HERE / ".build" / "gochat"  # the Go reference server (servers/gochat)
 SERVER_CPU = "0"  # taskset core of the server
 GEN_CPU = "1"  # taskset core of the load generator
 
-LIBRARIES = ("epws", "epws-async", "epws-redis2", "websockets", "aiohttp", "picows", "gorilla")
+LIBRARIES = (
+    "epws",
+    "epws-async",
+    "epws-redis2",
+    "websockets",
+    "aiohttp",
+    "picows",
+    "rawtcp",
+    "gorilla",
+)
 #: Servers that only take part in some kinds of scenario: epws-async is epws's echo
 #: written with a task per connection (the README's quick start), for comparison with
 #: the callback style that the epws row uses; the chat is epws-chat either way.
-ONLY_KINDS = {"epws-async": ("echo",), "epws-redis2": ("chat",)}
+ONLY_KINDS = {"epws-async": ("echo",), "epws-redis2": ("chat",), "rawtcp": ("echo",)}
+#: Servers that only take part in scenarios of some generator modes: rawtcp
+#: (servers/rawtcp_server.py, an asyncio Protocol that writes back what it reads) is
+#: not WebSocket, so it has the echo rows only, as the ceiling they are compared
+#: with: the generator's -mode tcpecho sends the same messages with the same window.
+ONLY_MODES = {"rawtcp": ("echo",)}
+#: The generator's mode for a server that speaks something other than WebSocket.
+RAW_MODES = {"rawtcp": {"echo": "tcpecho"}}
 #: epws-redis2 is `epws-chat --workers 2 --broker redis://...` with its own redis-server:
 #: several processes, so it is given every core (the generator's too) and its CPU and
 #: idle memory are not measured (the generator watches one pid, the supervisor's).
@@ -179,6 +195,8 @@ class ServerConfig:
     def label(self) -> str:
         if self.library == "gorilla":
             return "gorilla (Go)"
+        if self.library == "rawtcp":
+            return "raw TCP" if self.loop == "asyncio" else "raw TCP+uvloop"
         return self.library if self.loop == "asyncio" else f"{self.library}+uvloop"
 
     @property
@@ -387,16 +405,19 @@ def rss_kb(pid: int) -> int:
 # ---- the generator
 
 
-def gen_command(opts: Options, sc: Scenario, port: int, pid: int) -> list[str]:
+def gen_command(
+    opts: Options, sc: Scenario, port: int, pid: int, library: str = "epws"
+) -> list[str]:
+    raw = RAW_MODES.get(library, {}).get(sc.mode)
     cmd = [
         "taskset",
         "-c",
         GEN_CPU,
         str(LOADGEN),
         "-mode",
-        sc.mode,
+        raw or sc.mode,
         "-url",
-        f"ws://127.0.0.1:{port}/ws",
+        f"tcp://127.0.0.1:{port}" if raw else f"ws://127.0.0.1:{port}/ws",
         "-serverpid",
         str(pid),
         "-warmup",
@@ -423,9 +444,9 @@ def parse_json_line(text: str) -> dict[str, Any]:
 
 
 def run_load(
-    opts: Options, sc: Scenario, proc: subprocess.Popen[bytes], port: int
+    opts: Options, sc: Scenario, proc: subprocess.Popen[bytes], port: int, library: str = "epws"
 ) -> dict[str, Any]:
-    cmd = gen_command(opts, sc, port, proc.pid)
+    cmd = gen_command(opts, sc, port, proc.pid, library)
     if sc.mode == "idle":
         return run_idle(cmd, proc)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=150, check=False)
@@ -525,8 +546,12 @@ def run_all(opts: Options) -> list[Record]:
                 for kind, scenarios in kinds.items():
                     if kind not in ONLY_KINDS.get(cfg.library, (kind,)):
                         continue
+                    modes = ONLY_MODES.get(cfg.library)
+                    mine = [sc for sc in scenarios if modes is None or sc.mode in modes]
+                    if not mine:
+                        continue
                     quiet.wait()
-                    records += run_group(opts, cfg, kind, scenarios, rep, logfile)
+                    records += run_group(opts, cfg, kind, mine, rep, logfile)
                 # Memory is measured on a fresh server (earlier runs would leave freed
                 # memory in its allocator) and once: it hardly varies between repeats.
                 if (
@@ -556,7 +581,7 @@ def run_group(
                     out.append(Record(cfg.label, sc.name, rep, {"error": "server died"}))
                     continue
                 try:
-                    data = run_load(opts, sc, proc, port)
+                    data = run_load(opts, sc, proc, port, cfg.library)
                     if cfg.library in MULTI_PROCESS:
                         data.pop("server_cpu", None)  # the supervisor's, not the workers'
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
@@ -769,6 +794,33 @@ def write_report(opts: Options, records: list[Record], meta: dict[str, Any]) -> 
         )
         add("")
 
+    raws = {c.loop: c.label for c in opts.servers if c.library == "rawtcp"}
+    echo_scs = [sc for sc in opts.scenarios if sc.mode == "echo"]
+    if raws and echo_scs:
+        ws = [c for c in opts.servers if c.library != "rawtcp"]
+        add("## Echo as a share of raw TCP (same loop, same run)")
+        add("")
+        add(
+            "Each WebSocket echo figure as a percentage of the raw TCP echo of the same "
+            "message size, window and event loop (the Go reference against raw TCP+uvloop): "
+            "what framing, masking, parsing and the library's own work cost."
+        )
+        add("")
+        add("| scenario | " + " | ".join(c.label for c in ws) + " |")
+        add("|---|" + "---:|" * len(ws))
+        for sc in echo_scs:
+            cells = []
+            for c in ws:
+                raw_label = raws.get("uvloop" if c.loop == "go" else c.loop)
+                v = agg.get((c.label, sc.name), {}).get(sc.metric)
+                r = agg.get((raw_label, sc.name), {}).get(sc.metric) if raw_label else None
+                if isinstance(v, int | float) and isinstance(r, int | float) and r > 0:
+                    cells.append(f"{100 * v / r:.0f} %")
+                else:
+                    cells.append(DASH)
+            add(f"| {sc.title} | " + " | ".join(cells) + " |")
+        add("")
+
     add("## Details")
     for sc in opts.scenarios:
         add("")
@@ -864,6 +916,7 @@ def draw_charts(opts: Options, agg: dict[tuple[str, str], dict[str, Any]]) -> li
         "aiohttp": "#2ca02c",
         "picows": "#9467bd",
         "gorilla": "#7f7f7f",
+        "rawtcp": "#bcbd22",
     }
     written: list[Path] = []
     for family, scs in families.items():

@@ -6,10 +6,14 @@
 // Modes:
 //
 //	echo:    N connections, K messages in flight each; messages/s and round-trip times.
+//	tcpecho: the same over raw TCP (-url tcp://127.0.0.1:PORT): fixed-size messages,
+//	         no WebSocket framing; the baseline of the echo rows.
 //	chat:    R receivers and S senders on a broadcast server; delivered lines/s,
 //	         delivery latency, lost lines and receivers the server closed.
 //	idle:    open N connections, report, hold them until a line on stdin.
 //	connect: W workers that open a connection, finish the handshake and drop it.
+//	scale:   one of the processes holding N idle epws.chat.v1 connections to
+//	         epws-chat, driven by benchmarks/scale.py (see runScale).
 //
 // Every run is bounded: a watchdog ends the process after -deadline seconds.
 package main
@@ -30,13 +34,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
 )
 
 var (
-	mode       = flag.String("mode", "echo", "echo | chat | idle | connect")
+	mode       = flag.String("mode", "echo", "echo | tcpecho | chat | idle | connect | scale")
 	url        = flag.String("url", "ws://127.0.0.1:8080/ws", "server URL (loopback only)")
 	serverPID  = flag.Int("serverpid", 0, "server process id, to report its CPU use over the measured window")
 	conns      = flag.Int("conns", 1, "echo/idle: connections")
@@ -64,7 +69,7 @@ func now() int64 { return int64(time.Since(start)) }
 
 func main() {
 	flag.Parse()
-	if !strings.HasPrefix(*url, "ws://127.0.0.1:") && !strings.HasPrefix(*url, "ws://localhost:") {
+	if !loopbackURL(*url) {
 		fail("only loopback URLs are allowed: %s", *url)
 	}
 	time.AfterFunc(time.Duration(*deadline*float64(time.Second)), func() {
@@ -82,17 +87,34 @@ func main() {
 	switch *mode {
 	case "echo":
 		out = runEcho()
+	case "tcpecho":
+		out = runTCPEcho()
 	case "chat":
 		out = runChat()
 	case "idle":
 		out = runIdle()
 	case "connect":
 		out = runConnect()
+	case "scale":
+		out = runScale()
 	default:
 		fail("unknown mode %q", *mode)
 	}
 	out["mode"] = *mode
 	emit(out)
+}
+
+// loopbackURL says whether u names a server on this machine's loopback interface:
+// ws:// for the WebSocket modes, tcp:// for tcpecho.
+func loopbackURL(u string) bool {
+	for _, scheme := range []string{"ws://", "tcp://"} {
+		for _, host := range []string{"127.0.0.1:", "localhost:"} {
+			if strings.HasPrefix(u, scheme+host) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func emit(v map[string]any) {
@@ -411,10 +433,17 @@ func runEcho() map[string]any {
 	out["p50_ms"] = all.quantile(0.50)
 	out["p99_ms"] = all.quantile(0.99)
 	out["conn_errors"] = errs.Load()
+	if total == 0 && errs.Load() > 0 {
+		out["error"] = "every connection failed before a message came back"
+	}
 	return out
 }
 
 // appendMaskedFrame appends one final client frame (RFC 6455 §5.2) to b.
+//
+// The payload is masked eight bytes at a time: masking byte by byte with append
+// cost about a nanosecond a byte, which capped the generator at some 60,000
+// messages/s of 16 KiB and made it, not the server, the limit of those rows.
 func appendMaskedFrame(b []byte, opcode byte, payload []byte) []byte {
 	key := [4]byte{0x37, 0xfa, 0x21, 0x3d}
 	n := len(payload)
@@ -429,10 +458,139 @@ func appendMaskedFrame(b []byte, opcode byte, payload []byte) []byte {
 		b = binary.BigEndian.AppendUint64(b, uint64(n))
 	}
 	b = append(b, key[:]...)
-	for i, x := range payload {
-		b = append(b, x^key[i&3])
+	start := len(b)
+	b = append(b, payload...)
+	dst := b[start:]
+	k32 := binary.LittleEndian.Uint32(key[:])
+	k64 := uint64(k32) | uint64(k32)<<32
+	i := 0
+	for ; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(dst[i:], binary.LittleEndian.Uint64(dst[i:])^k64)
+	}
+	for ; i < n; i++ {
+		dst[i] ^= key[i&3]
 	}
 	return b
+}
+
+// ---- raw TCP echo
+
+// runTCPEcho is runEcho without WebSocket: the same connections, message size and
+// window, each message -size bytes starting with its send time, written in one
+// write per batch of returned tokens exactly as runEcho writes frames; the reader
+// takes exactly -size bytes per message, through a buffer of the size runEcho's
+// WebSocket reader has. A server that echoes the byte stream as it comes is the
+// ceiling for any WebSocket echo on the same event loop.
+func runTCPEcho() map[string]any {
+	if *size < 8 {
+		fail("-size must be >= 8")
+	}
+	addr := strings.TrimPrefix(*url, "tcp://")
+	if i := strings.IndexByte(addr, '/'); i >= 0 {
+		addr = addr[:i]
+	}
+	cs := make([]net.Conn, *conns)
+	for i := range cs {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			for _, c := range cs[:i] {
+				_ = c.Close()
+			}
+			fail("dial: %v", err)
+		}
+		cs[i] = c
+	}
+	closeRaw := func() {
+		for _, c := range cs {
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			_ = c.Close()
+		}
+	}
+	var measuring, stop atomic.Bool
+	counts := make([]int64, *conns)
+	hists := make([]*hist, *conns)
+	var errs atomic.Int64
+	for i, c := range cs {
+		hists[i] = &hist{}
+		tokens := make(chan struct{}, *inflight)
+		for k := 0; k < *inflight; k++ {
+			tokens <- struct{}{}
+		}
+		go func(c net.Conn) { // writer
+			msg := bytes.Repeat([]byte{'e'}, *size)
+			var out []byte
+			for range tokens {
+				n := 1
+			more:
+				for {
+					select {
+					case <-tokens:
+						n++
+					default:
+						break more
+					}
+				}
+				if stop.Load() {
+					return
+				}
+				out = out[:0]
+				for k := 0; k < n; k++ {
+					binary.LittleEndian.PutUint64(msg, uint64(now()))
+					out = append(out, msg...)
+				}
+				if _, err := c.Write(out); err != nil {
+					return
+				}
+			}
+		}(c)
+		go func(i int, c net.Conn) { // reader
+			r := bufio.NewReaderSize(c, *size+64)
+			msg := make([]byte, *size)
+			h := hists[i]
+			for {
+				if _, err := io.ReadFull(r, msg); err != nil {
+					if !stop.Load() {
+						errs.Add(1)
+					}
+					return
+				}
+				if measuring.Load() {
+					h.add(now() - int64(binary.LittleEndian.Uint64(msg)))
+					counts[i]++
+				}
+				tokens <- struct{}{}
+			}
+		}(i, c)
+	}
+	time.Sleep(seconds(*warmup))
+	cpu := beginCPU()
+	measuring.Store(true)
+	time.Sleep(seconds(*duration))
+	measuring.Store(false)
+	out := map[string]any{}
+	cpu.end(out)
+	elapsed := float64(now()-cpu.t0) / 1e9
+	stop.Store(true)
+	var total int64
+	all := &hist{}
+	for i := range cs {
+		total += counts[i]
+		all.merge(hists[i])
+	}
+	closeRaw()
+	out["conns"] = *conns
+	out["size"] = *size
+	out["inflight"] = *inflight
+	out["msgs_per_s"] = float64(total) / elapsed
+	out["p50_ms"] = all.quantile(0.50)
+	out["p99_ms"] = all.quantile(0.99)
+	out["conn_errors"] = errs.Load()
+	if total == 0 && errs.Load() > 0 {
+		out["error"] = "every connection failed before a message came back"
+	}
+	return out
 }
 
 // ---- chat
@@ -820,5 +978,450 @@ func runConnect() map[string]any {
 	if msg, ok := firstErr.Load().(string); ok {
 		out["first_error"] = msg
 	}
+	return out
+}
+
+// ---- scale
+
+// The scale mode is one of several generator processes that together hold N idle
+// epws.chat.v1 connections to epws-chat (a process may hold fewer descriptors than
+// N; benchmarks/scale.py starts as many as needed, each from its own loopback source
+// address). It connects -conns clients to room -room, reports, then obeys commands,
+// one per line on stdin, answering each with one JSON line on stdout:
+//
+//	expect K       count arrivals of fan-out message K on every idle connection; a
+//	               line {"phase":"fanout"} follows when all have it (or 30 s passed)
+//	fanout K       send fan-out message K on the first idle connection (its wall
+//	               clock send time is in the text, so other processes can time it)
+//	talkers M      open M more connections, in room "talk"
+//	talk D RATE    the talkers send RATE messages/s in all, round robin, for D
+//	               seconds; delivery latency on every talker (all of them receive)
+//	stats          pings answered and connections dropped so far
+//	quit           close everything and exit (so do EOF on stdin and -deadline)
+
+var (
+	srcAddr  = flag.String("srcaddr", "", "scale: local address to dial from (e.g. 127.0.0.2)")
+	room     = flag.String("room", "all", "scale: room of the idle connections")
+	emitLock sync.Mutex
+)
+
+// ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (linux/in.h): bind() to a source
+// address leaves the port to connect(), which then needs only the 4-tuple to be
+// unique, so each source address has the whole ephemeral range for one server port.
+const ipBindAddressNoPort = 24
+
+func emitLocked(v map[string]any) {
+	emitLock.Lock()
+	defer emitLock.Unlock()
+	emit(v)
+}
+
+type scaleConn struct {
+	c      *websocket.Conn
+	joined atomic.Bool
+	h      *hist // talkers only: delivery latency (owner goroutine while measuring)
+	got    int64 // talkers: lines received while measuring (owner goroutine)
+}
+
+type scaleState struct {
+	pings, dropped, bad atomic.Int64
+	firstDrop           atomic.Value // why the first dropped connection ended (string)
+	dropAt              atomic.Int64 // now() of the first drop
+	stopping            atomic.Bool
+	fanSeq              atomic.Int64 // the fan-out message being counted (0: none)
+	fanGot              atomic.Int64
+	fanFirst, fanLast   atomic.Int64 // wall-clock ns of the first and last arrival
+	talkMeasuring       atomic.Bool
+	talkStart           atomic.Int64      // now() when the talk began
+	talkMaxBySecond     [120]atomic.Int64 // worst delivery latency (ns) per second of the talk
+}
+
+func scaleDialer(src string) *websocket.Dialer {
+	nd := &net.Dialer{Timeout: 30 * time.Second}
+	if src != "" {
+		ip := net.ParseIP(src)
+		if ip == nil || !ip.IsLoopback() {
+			fail("-srcaddr must be a loopback address: %q", src)
+		}
+		nd.LocalAddr = &net.TCPAddr{IP: ip}
+		nd.Control = func(network, address string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	return &websocket.Dialer{
+		NetDialContext:   nd.DialContext,
+		HandshakeTimeout: 30 * time.Second,
+		ReadBufferSize:   512, // idle connections: small buffers, write buffers shared
+		WriteBufferSize:  512,
+		WriteBufferPool:  &sync.Pool{},
+		Subprotocols:     []string{"epws.chat.v1"},
+	}
+}
+
+// textOf returns the "text" field of one epws.chat.v1 JSON line (the generator's own
+// texts have no escapes), or nil.
+func textOf(line []byte) []byte {
+	const key = `"text":"`
+	i := bytes.Index(line, []byte(key))
+	if i < 0 {
+		return nil
+	}
+	rest := line[i+len(key):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return nil
+	}
+	return rest[:j]
+}
+
+func (st *scaleState) read(sc *scaleConn, talker bool) {
+	c := sc.c
+	c.SetPingHandler(func(data string) error {
+		st.pings.Add(1)
+		err := c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(10*time.Second))
+		if err == websocket.ErrCloseSent {
+			return nil
+		}
+		return err
+	})
+	buf := make([]byte, 512)
+	var data []byte
+	var err error
+	for {
+		buf, data, err = readInto(c, buf)
+		if err != nil {
+			if !st.stopping.Load() {
+				if st.dropped.Add(1) == 1 {
+					st.dropAt.Store(now())
+				}
+				st.firstDrop.CompareAndSwap(nil, err.Error())
+			}
+			return
+		}
+		t, wall := now(), time.Now().UnixNano()
+		for len(data) > 0 {
+			var l []byte
+			if j := bytes.IndexByte(data, '\n'); j < 0 {
+				l, data = data, nil
+			} else {
+				l, data = data[:j], data[j+1:]
+			}
+			if bytes.HasPrefix(l, []byte(`{"type"`)) && bytes.Contains(l[:20], []byte(`"hello"`)) {
+				sc.joined.Store(true)
+				continue
+			}
+			text := textOf(l)
+			if len(text) < 3 || text[1] != ':' {
+				continue // history, errors: not ours to count
+			}
+			f := bytes.SplitN(text[2:], []byte{':'}, 2)
+			if len(f) != 2 {
+				st.bad.Add(1)
+				continue
+			}
+			switch text[0] {
+			case 'f': // f:SEQ:WALLNS
+				seq, _ := strconv.ParseInt(string(f[0]), 10, 64)
+				if seq != 0 && seq == st.fanSeq.Load() {
+					st.fanFirst.CompareAndSwap(0, wall)
+					for {
+						last := st.fanLast.Load()
+						if wall <= last || st.fanLast.CompareAndSwap(last, wall) {
+							break
+						}
+					}
+					st.fanGot.Add(1)
+				}
+			case 't': // t:SEQ:MONONS (sent by this process)
+				if talker && sc.h != nil && st.talkMeasuring.Load() {
+					ts, err := strconv.ParseInt(string(f[1]), 16, 64)
+					if err != nil {
+						st.bad.Add(1)
+						continue
+					}
+					sc.h.add(t - ts)
+					if sec := (ts - st.talkStart.Load()) / 1e9; sec >= 0 && sec < int64(len(st.talkMaxBySecond)) {
+						m := &st.talkMaxBySecond[sec]
+						for lat := t - ts; ; {
+							cur := m.Load()
+							if lat <= cur || m.CompareAndSwap(cur, lat) {
+								break
+							}
+						}
+					}
+					atomic.AddInt64(&sc.got, 1)
+				}
+			}
+		}
+	}
+}
+
+// dialScale opens n connections to room (at most -dialconc at a time) and waits,
+// bounded, until each has its hello line: then the server has registered it.
+func (st *scaleState) dialScale(n int, roomName string, talker bool) ([]*scaleConn, int, float64, string) {
+	d := scaleDialer(*srcAddr)
+	u := *url + "?room=" + roomName
+	t0 := now()
+	out := make([]*scaleConn, 0, n)
+	var mu sync.Mutex
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	sem := make(chan struct{}, *dialConc)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c, _, err := d.Dial(u, nil)
+			if err == nil && c.Subprotocol() != "epws.chat.v1" {
+				err = fmt.Errorf("subprotocol %q", c.Subprotocol())
+				hardClose(c)
+			}
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			sc := &scaleConn{c: c}
+			mu.Lock()
+			out = append(out, sc)
+			mu.Unlock()
+			go st.read(sc, talker)
+		}()
+	}
+	wg.Wait()
+	giveUp := time.Now().Add(30 * time.Second)
+	for time.Now().Before(giveUp) {
+		all := true
+		for _, sc := range out {
+			if !sc.joined.Load() {
+				all = false
+				break
+			}
+		}
+		if all {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	setup := float64(now()-t0) / 1e9
+	msg, _ := firstErr.Load().(string)
+	return out, int(failed.Load()), setup, msg
+}
+
+func countJoined(cs []*scaleConn) int {
+	n := 0
+	for _, sc := range cs {
+		if sc.joined.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+func chatLine(text string) []byte {
+	return []byte(`{"type":"message","text":"` + text + `"}`)
+}
+
+func runScale() map[string]any {
+	st := &scaleState{}
+	idle, failed, setup, firstErr := st.dialScale(*conns, *room, false)
+	ready := map[string]any{
+		"phase": "ready", "open": len(idle), "joined": countJoined(idle),
+		"failed": failed, "setup_s": setup,
+	}
+	if firstErr != "" {
+		ready["first_error"] = firstErr
+	}
+	emitLocked(ready)
+	var talkers []*scaleConn
+	closeEverything := func() {
+		st.stopping.Store(true)
+		for _, sc := range idle {
+			hardClose(sc.c)
+		}
+		for _, sc := range talkers {
+			hardClose(sc.c)
+		}
+	}
+	lines := make(chan string)
+	go func() {
+		r := bufio.NewReader(os.Stdin)
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				close(lines)
+				return
+			}
+			lines <- strings.TrimSpace(l)
+		}
+	}()
+	for l := range lines {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		arg := func(i int) float64 {
+			if i >= len(f) {
+				fail("command %q needs %d arguments", l, i)
+			}
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				fail("command %q: %v", l, err)
+			}
+			return v
+		}
+		switch f[0] {
+		case "expect":
+			seq := int64(arg(1))
+			st.fanSeq.Store(0)
+			st.fanGot.Store(0)
+			st.fanFirst.Store(0)
+			st.fanLast.Store(0)
+			st.fanSeq.Store(seq)
+			want := int64(countJoined(idle))
+			go func() {
+				giveUp := time.Now().Add(30 * time.Second)
+				for st.fanGot.Load() < want && time.Now().Before(giveUp) {
+					time.Sleep(2 * time.Millisecond)
+				}
+				emitLocked(map[string]any{
+					"phase": "fanout", "seq": seq, "got": st.fanGot.Load(), "want": want,
+					"first_ns": st.fanFirst.Load(), "last_ns": st.fanLast.Load(),
+				})
+			}()
+		case "fanout":
+			seq := int64(arg(1))
+			if len(idle) == 0 {
+				fail("fanout: no connection to send from")
+			}
+			sent := time.Now().UnixNano()
+			err := idle[0].c.WriteMessage(websocket.TextMessage, chatLine(fmt.Sprintf("f:%d:%d", seq, sent)))
+			out := map[string]any{"phase": "sent", "seq": seq, "send_ns": sent}
+			if err != nil {
+				out["error"] = err.Error()
+			}
+			emitLocked(out)
+		case "talkers":
+			var tf int
+			var terr string
+			var ts float64
+			talkers, tf, ts, terr = st.dialScale(int(arg(1)), "talk", true)
+			out := map[string]any{
+				"phase": "talkers", "open": len(talkers), "joined": countJoined(talkers),
+				"failed": tf, "setup_s": ts,
+			}
+			if terr != "" {
+				out["first_error"] = terr
+			}
+			emitLocked(out)
+		case "talk":
+			emitLocked(st.talk(talkers, arg(1), arg(2)))
+		case "stats":
+			out := map[string]any{
+				"phase": "stats", "pings": st.pings.Load(), "dropped": st.dropped.Load(),
+				"bad_lines": st.bad.Load(), "open": len(idle) + len(talkers),
+			}
+			if why, ok := st.firstDrop.Load().(string); ok {
+				out["first_drop"] = why
+				out["first_drop_s"] = float64(st.dropAt.Load()) / 1e9
+			}
+			emitLocked(out)
+		case "quit":
+			closeEverything()
+			return map[string]any{"phase": "done", "pings": st.pings.Load(), "dropped": st.dropped.Load()}
+		default:
+			fail("unknown command %q", l)
+		}
+	}
+	closeEverything() // stdin closed: the driver is gone
+	return map[string]any{"phase": "done", "stdin": "closed"}
+}
+
+// talk paces rate messages/s over the talkers, round robin, for d seconds, then waits
+// (bounded) for the deliveries still on their way and reports their latency.
+func (st *scaleState) talk(talkers []*scaleConn, d, rate float64) map[string]any {
+	if len(talkers) == 0 || rate <= 0 || d <= 0 {
+		fail("talk: needs talkers, a duration and a rate")
+	}
+	for _, sc := range talkers {
+		sc.h = &hist{} // 30 KB each: talkers only, never the idle connections
+		atomic.StoreInt64(&sc.got, 0)
+	}
+	received := func() int64 { // read racily while running; exact once the readers are idle
+		var s int64
+		for _, sc := range talkers {
+			s += atomic.LoadInt64(&sc.got)
+		}
+		return s
+	}
+	for i := range st.talkMaxBySecond {
+		st.talkMaxBySecond[i].Store(0)
+	}
+	st.talkStart.Store(now())
+	st.talkMeasuring.Store(true)
+	cpu := beginCPU()
+	t0 := time.Now()
+	end := t0.Add(seconds(d))
+	var sent int64
+	var sendErrs int64
+	for seq := 0; ; seq++ {
+		due := t0.Add(time.Duration(float64(seq) / rate * 1e9))
+		if !due.Before(end) {
+			break
+		}
+		if w := time.Until(due); w > 0 {
+			time.Sleep(w)
+		}
+		sc := talkers[seq%len(talkers)]
+		line := chatLine(fmt.Sprintf("t:%d:%x", seq, now()))
+		if err := sc.c.WriteMessage(websocket.TextMessage, line); err != nil {
+			sendErrs++
+			continue
+		}
+		sent++
+	}
+	out := map[string]any{}
+	cpu.end(out)
+	expected := sent * int64(len(talkers))
+	last, lastChange := received(), time.Now()
+	hardStop := time.Now().Add(20 * time.Second)
+	for last < expected && time.Since(lastChange) < 3*time.Second && time.Now().Before(hardStop) {
+		time.Sleep(10 * time.Millisecond)
+		if n := received(); n != last {
+			last, lastChange = n, time.Now()
+		}
+	}
+	st.talkMeasuring.Store(false)
+	time.Sleep(50 * time.Millisecond) // readers finish the batch in hand
+	h := &hist{}
+	for _, sc := range talkers {
+		h.merge(sc.h)
+	}
+	out["phase"] = "talk"
+	out["talkers"] = len(talkers)
+	out["rate"] = rate
+	out["seconds"] = d
+	out["sent"] = sent
+	out["send_errors"] = sendErrs
+	out["expected"] = expected
+	out["received"] = received()
+	out["p50_ms"] = h.quantile(0.50)
+	out["p99_ms"] = h.quantile(0.99)
+	out["p999_ms"] = h.quantile(0.999)
+	out["max_ms"] = h.quantile(1.0)
+	bySecond := []float64{}
+	for i := 0; i < int(d+0.999) && i < len(st.talkMaxBySecond); i++ {
+		bySecond = append(bySecond, float64(st.talkMaxBySecond[i].Load())/1e6)
+	}
+	out["max_ms_by_second"] = bySecond // by send time: shows the keepalive sweeps
 	return out
 }

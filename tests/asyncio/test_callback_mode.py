@@ -12,7 +12,7 @@ import pytest
 
 import epws
 
-from .wsraw import RawClient, frame
+from .wsraw import RawClient, close_frame, frame
 
 
 @asynccontextmanager
@@ -160,5 +160,41 @@ async def test_a_peer_that_sends_and_never_reads_is_not_buffered_without_bound()
             # The replies held in the server are bounded near the write limit (plus
             # the replies to one socket read).
             assert peak < write_limit + 256 * 1024
+        finally:
+            raw.close()
+
+
+async def test_item8_raising_on_message_still_handles_the_close_in_the_same_chunk() -> None:
+    """on_message raises for a message that shares a packet with a pong and the
+    peer's close frame: the pong still reaches its handler, the server closes with
+    1011 and, having the peer's close, ends the handshake at once instead of waiting
+    ``close_timeout`` for it."""
+    closes: list[epws.ConnectionClosed] = []
+    pongs: list[bytes] = []
+
+    def on_connect(conn: epws.Conn) -> None:
+        def on_message(message: str | bytes) -> None:
+            raise RuntimeError("handler bug")
+
+        conn.on_message = on_message
+        conn.on_close = closes.append
+        conn.pong_handler = pongs.append
+
+    async with callback_server(on_connect, close_timeout=5.0) as server:
+        raw = await RawClient.connect(server.port)
+        try:
+            loop = asyncio.get_running_loop()
+            raw.send(frame(1, b"a") + frame(1, b"b") + frame(10, b"late") + close_frame(1000))
+            start = loop.time()
+            async with asyncio.timeout(3):
+                code, _ = await raw.read_close()
+                assert await raw.at_eof()
+            assert code == 1011
+            assert loop.time() - start < 2.5
+            async with asyncio.timeout(2):
+                while not closes:
+                    await asyncio.sleep(0.01)
+            assert len(closes) == 1 and closes[0].rcvd_code == 1000
+            assert pongs == [b"late"]
         finally:
             raw.close()

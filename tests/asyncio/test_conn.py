@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -774,3 +776,201 @@ async def test_message_writer_body_raises_before_any_frame_keeps_connection() ->
         await conn.send("next")
         async with asyncio.timeout(5):
             assert await conn.recv() == "next"
+
+
+# ---------------------------------------------------------------- issue 9 findings
+
+
+async def test_item6_broadcast_reaches_all_after_one_read_deadline_expired() -> None:
+    """One connection's read deadline passed, then it closed: a broadcast to it and to
+    others still reaches every other one, and reports that one instead of raising."""
+    loop = asyncio.get_running_loop()
+    conns: list[epws.Conn] = []
+    timed_out = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(conn: epws.Conn) -> None:
+        conns.append(conn)
+        if len(conns) == 1:
+            conn.set_read_deadline(loop.time() + 0.05)
+            with pytest.raises(TimeoutError):
+                await conn.recv()
+            timed_out.set()
+        await release.wait()
+
+    async with server_with(handler) as server:
+        clients = []
+        for n in range(1, 5):
+            clients.append(await epws.connect(url(server)))
+            async with asyncio.timeout(5):
+                while len(conns) < n:
+                    await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await timed_out.wait()
+            # Its peer leaves: the connection is closed, after a read that timed out.
+            await clients[0].close()
+            await conns[0].wait_closed()
+        failed = epws.broadcast(conns, "to everyone")
+        assert failed == [conns[0]]
+        async with asyncio.timeout(5):
+            for client in clients[1:]:
+                assert await client.recv() == "to everyone"
+        release.set()
+        for client in clients:
+            await client.close()
+
+
+async def test_item7_no_data_frame_inside_a_fragmented_message_on_the_wire() -> None:
+    """While a message_writer is open, prepared messages, broadcast and send are
+    refused; the peer sees the fragmented message whole, then the next message."""
+    cap = Capture()
+    opened = asyncio.Event()
+    finish = asyncio.Event()
+
+    refused: list[str] = []
+
+    async def handler(conn: epws.Conn) -> None:
+        async with conn.message_writer(MessageType.TEXT) as w:
+            await w.write("a")
+            await w.write("b")
+            # From the writer's own task too (a handler that broadcasts meanwhile).
+            prepared = epws.PreparedMessage(MessageType.TEXT, "own")
+            try:
+                conn.write_prepared_nowait(prepared)
+            except ConcurrencyError:
+                refused.append("prepared")
+            try:
+                await conn.send("own")
+            except ConcurrencyError:
+                refused.append("send")
+            refused.extend("broadcast" for _ in epws.broadcast([conn], prepared))
+            opened.set()
+            await finish.wait()
+            await w.write("c")
+        await conn.send("after")
+        await cap.handler(conn)
+
+    async with server_with(handler) as server:
+        raw = await RawClient.connect(server.port)
+        try:
+            async with asyncio.timeout(5):
+                await opened.wait()
+            sconn = await asyncio.wait_for(cap.conn, 0.01) if cap.conn.done() else None
+            assert sconn is None
+            (sconn,) = server.connections
+            prepared = epws.PreparedMessage(MessageType.TEXT, "p")
+            with pytest.raises(ConcurrencyError):
+                sconn.write_prepared_nowait(prepared)
+            with pytest.raises(ConcurrencyError):
+                await sconn.write_prepared(prepared)
+            with pytest.raises(ConcurrencyError):
+                await sconn.send("x")
+            assert epws.broadcast([sconn], "y") == [sconn]
+            finish.set()
+            async with asyncio.timeout(5):
+                assert await raw.read_frame() == (1, False, b"a")
+                assert await raw.read_frame() == (0, False, b"b")
+                assert await raw.read_frame() == (0, True, b"c")
+                assert await raw.read_frame() == (1, True, b"after")
+            assert refused == ["prepared", "send", "broadcast"]
+            assert not sconn.closed
+        finally:
+            raw.close()
+            cap.release.set()
+
+
+async def test_item8_raising_ping_and_pong_handlers_lose_nothing() -> None:
+    """A ping_handler and a pong_handler that raise: logged, and the rest of the
+    chunk (messages, the pong) is handled; the connection stays usable."""
+    got: list[str | bytes] = []
+    done = asyncio.Event()
+
+    def boom(payload: bytes) -> None:
+        raise RuntimeError("handler bug")
+
+    async def handler(conn: epws.Conn) -> None:
+        conn.ping_handler = boom
+        conn.pong_handler = boom
+        got.append(await conn.recv())
+        got.append(await conn.recv())
+        await conn.send("still here")
+        await done.wait()
+
+    async with server_with(handler) as server:
+        raw = await RawClient.connect(server.port)
+        try:
+            raw.send(frame(9, b"p1") + frame(1, b"a") + frame(10, b"x") + frame(1, b"b"))
+            async with asyncio.timeout(5):
+                assert await raw.read_frame() == (10, True, b"p1")
+                assert await raw.read_frame() == (1, True, b"still here")
+            assert got == ["a", "b"]
+        finally:
+            done.set()
+            raw.close()
+
+
+async def test_item10_each_raise_after_close_is_fresh_and_chained() -> None:
+    """recv() after the close raises a new exception each time, chained to the stored
+    one, whose traceback does not grow with the number of raises."""
+
+    async def handler(conn: epws.Conn) -> None:
+        await conn.close(1000, "bye")
+
+    async with server_with(handler) as server:
+        client = await epws.connect(url(server))
+        async with asyncio.timeout(5):
+            await client.wait_closed()
+        seen: list[BaseException] = []
+        depths: set[int] = set()
+        for _ in range(50):
+            with pytest.raises(ConnectionClosedOK) as info:
+                await client.recv()
+            exc = info.value
+            assert exc.rcvd_code == 1000
+            depths.add(len(traceback.extract_tb(exc.__traceback__)))
+            seen.append(exc)
+        assert len(depths) == 1, f"traceback depth grew: {sorted(depths)}"
+        assert len({id(e) for e in seen}) == 50
+        causes = {id(e.__cause__) for e in seen}
+        assert len(causes) == 1 and seen[0].__cause__ is not None
+
+
+def _tcp_states(port: int) -> list[str]:
+    """Kernel TCP states (hex, as /proc/net/tcp has them) of sockets bound to ``port``."""
+    states = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    states.append(fields[3])
+    return states
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+async def test_abort_resets_and_leaves_no_send_queue_behind() -> None:
+    """abort() on a connection whose peer does not read: the peer gets a reset, and
+    the server's socket does not linger in FIN-WAIT-1 holding its unsent data."""
+    cap = Capture()
+    async with server_with(cap.handler, compression=None) as server:
+        raw = await RawClient.connect(server.port, rcvbuf=4096)
+        try:
+            sconn = await cap.conn
+            sconn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            for _ in range(64):
+                sconn.send_nowait(bytes(16 * 1024))  # 1 MiB the peer never reads
+            await asyncio.sleep(0.1)
+            assert sconn.buffered_amount > 0
+            sconn.abort()
+            await asyncio.wait_for(sconn.wait_closed(), 5)
+            await asyncio.sleep(0.1)
+            assert "04" not in _tcp_states(server.port), "FIN-WAIT-1 with a send queue"
+            with pytest.raises(ConnectionResetError):
+                async with asyncio.timeout(5):
+                    while await raw.reader.read(1 << 16):
+                        pass
+        finally:
+            raw.close()
+            cap.release.set()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
+import weakref
+from collections.abc import Callable
 
 import pytest
+import uvloop
 
 import epws
 from epws.asyncio.deadlines import DeadlineQueue, queue_for
@@ -143,3 +148,44 @@ async def test_one_queue_per_loop_and_many_connections_time_out_on_it() -> None:
         await server.close(timeout=2)
     # Connections that closed took their deadlines with them.
     assert len(queue_for(loop)) == before
+
+
+@pytest.mark.parametrize(
+    "make_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_closed_loop_with_deadlines_pending_is_not_kept_alive(
+    make_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """Issue 9 item 16: the per-loop queue must not pin the loop through its connections.
+
+    A loop closed while connections still have read deadlines (asyncio.run ending with
+    connections open, a test's loop torn down) is a cycle of loop, timer, queue and
+    connections; the module-level registry must hold no strong reference into it,
+    else every such loop, its connections and their sockets live forever.
+    """
+    loop = make_loop()
+
+    async def leave_a_deadline_pending() -> None:
+        loop = asyncio.get_running_loop()
+        conns: list[epws.Conn] = []
+        server = await epws.serve(conns.append, "127.0.0.1", 0)
+        client = await epws.connect(f"ws://127.0.0.1:{server.port}/")
+        async with asyncio.timeout(5):
+            while not conns:
+                await asyncio.sleep(0.01)
+        conns[0].on_message = lambda _m: None
+        conns[0].set_read_deadline(loop.time() + 3600)
+        client.set_read_deadline(loop.time() + 3600)
+        assert len(queue_for(loop)) == 2
+
+    loop.run_until_complete(leave_a_deadline_pending())
+    ref = weakref.ref(loop)
+    with warnings.catch_warnings():
+        # The transports are left open on purpose; uvloop warns as it closes them (and
+        # its close() never ends if that warning is raised as an error).
+        warnings.simplefilter("ignore", ResourceWarning)
+        loop.close()
+        del loop
+        for _ in range(3):
+            gc.collect()
+    assert ref() is None

@@ -443,3 +443,115 @@ async def test_wss_close_handshake(tls_contexts: tuple[ssl.SSLContext, ssl.SSLCo
         assert info.value.rcvd_reason == "tls bye"
         async with asyncio.timeout(5):
             await conn.wait_closed()
+
+
+# ------------------------------------------------ closing with handshakes in flight
+
+
+async def test_close_lets_no_handshake_in_flight_complete() -> None:
+    """Issue 9 item 4: once close() began, no 101 is written and no handler starts.
+
+    Three requests are in flight as close() starts: one half sent, one complete and
+    waiting for a slow async process_request, one complete and read by the kernel but
+    not yet by the server. After close() they are finished (the slow process_request
+    returns, the half request is completed): each client gets a 503 or the
+    connection closed, never a 101; the handler never runs; close() ends in bounded time.
+    """
+    ran: list[epws.Conn] = []
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def handler(conn: epws.Conn) -> None:
+        ran.append(conn)
+        await conn.send("hello")
+
+    async def process(request: epws.Request) -> epws.HTTPResponse | None:
+        if request.path == "/slow":
+            entered.set()
+            await release.wait()
+        return None
+
+    server = await epws.serve(handler, "127.0.0.1", 0, process_request=process, close_timeout=2.0)
+    port = server.port
+    partial = await asyncio.open_connection("127.0.0.1", port)
+    slow = await asyncio.open_connection("127.0.0.1", port)
+    unread = await asyncio.open_connection("127.0.0.1", port)
+    data, _ = request_bytes(port)
+    slow_data, _ = request_bytes(port, path="/slow")
+    partial[1].write(data[:-2])  # all but the final CRLF
+    slow[1].write(slow_data)
+    async with asyncio.timeout(5):
+        await entered.wait()
+        await partial[1].drain()
+        await asyncio.sleep(0.05)  # the half request has been read by the server
+    unread[1].write(data)  # close() starts before the loop gets to read it
+    closing = asyncio.create_task(server.close(timeout=2.0))
+    await asyncio.sleep(0)
+    partial[1].write(b"\r\n")
+    release.set()
+    async with asyncio.timeout(5):
+        await closing
+    for reader, writer in (partial, slow, unread):
+        answer = b""
+        try:
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(65536):  # all until the server closes
+                    answer += chunk
+        except ConnectionResetError:  # closed with our bytes unread: the kernel resets
+            pass
+        finally:
+            writer.transport.abort()
+        assert not answer.startswith(b"HTTP/1.1 101"), answer
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503"), answer
+    assert ran == []
+    assert server.connections == set()
+
+
+async def test_handler_ending_with_another_connections_close_fails_its_own() -> None:
+    """Issue 9 item 5: a relay's ConnectionClosed from its target is a handler failure.
+
+    The relay's own peer did not leave: its connection must be closed (1011), stay in
+    ``server.connections`` for as long as its TCP connection is open, and not linger
+    answering pings outside it.
+    """
+    target_conn: asyncio.Future[epws.Conn] = asyncio.get_running_loop().create_future()
+    relay_conn: list[epws.Conn] = []
+
+    async def handler(conn: epws.Conn) -> None:
+        if conn.request is not None and conn.request.path == "/target":
+            target_conn.set_result(conn)
+            async for _ in conn:
+                pass
+            return
+        relay_conn.append(conn)
+        target = await target_conn
+        async for message in conn:
+            await target.send(message)  # raises once the target is gone
+
+    async with server_with(handler) as server:
+        port = server.port
+        target = await epws.connect(f"ws://127.0.0.1:{port}/target")
+        relay = await epws.connect(f"ws://127.0.0.1:{port}/relay")
+        async with asyncio.timeout(5):
+            target_side = await target_conn
+            await target.close()
+            await target_side.wait_closed()
+        seen: list[bool] = []
+
+        async def watch() -> None:
+            while True:  # the relay's conn is in the set whenever its TCP is up
+                for conn in relay_conn:
+                    seen.append(conn in server.connections or conn.closed)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        await relay.send("to nobody")
+        with pytest.raises(epws.ConnectionClosedError) as info:
+            async with asyncio.timeout(5):
+                await relay.recv()
+        assert info.value.rcvd_code == 1011
+        async with asyncio.timeout(5):
+            await relay_conn[0].wait_closed()
+        watcher.cancel()
+        assert seen and all(seen)
+        assert server.connections == set()

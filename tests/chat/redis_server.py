@@ -28,7 +28,7 @@ def free_port() -> int:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:``port``, nothing persisted outside ``directory``."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, persist: bool = False) -> None:
         executable = shutil.which("redis-server")
         if executable is None:
             pytest.fail(
@@ -39,6 +39,10 @@ class RedisServer:
         self.directory = directory
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        #: With persistence (an append-only file, fsync always) a restart keeps the data.
+        self.persist = persist
+        #: Extra command-line arguments (e.g. a maxmemory policy).
+        self.extra: list[str] = []
 
     @property
     def url(self) -> str:
@@ -57,11 +61,14 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -88,11 +95,11 @@ class RedisServer:
         except OSError:
             return False
 
-    def command(self, *args: str) -> bytes:
+    def command(self, *args: str | bytes) -> bytes:
         """One command in RESP, the raw reply (for what the tests do behind the chat's back)."""
         payload = f"*{len(args)}\r\n".encode()
         for arg in args:
-            data = arg.encode()
+            data = arg.encode() if isinstance(arg, str) else arg
             payload += b"$%d\r\n%s\r\n" % (len(data), data)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
             sock.sendall(payload)

@@ -192,6 +192,11 @@ async def test_killing_redis_mid_chat_errors_back_then_resumes(
         async with asyncio.timeout(10):
             for broker in brokers:
                 await broker.wait_connected()
+        # Redis came back empty (no persistence): the streams cannot prove that no
+        # message was lost while the processes were away, so their members are told.
+        (missed,) = await la.take(1)
+        assert missed["type"] == "error" and missed["missed"] is True
+        assert (await lb.take(1))[0].startswith("error: some messages may be missing")
         await ja.send("after")
         assert [m["text"] for m in await take_messages(la, 1)] == ["after"]
         assert await lb.take(1) == ["after"]  # "while down" never shows up

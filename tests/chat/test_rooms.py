@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
 
 import epws
 from epws_chat.app import Chat
-from epws_chat.broker import ChatMessage, MemoryBroker, message_id_key
+from epws_chat.broker import MemoryBroker, message_id_key
 from epws_chat.client import PROTOCOL, Settings
 
 from .conftest import ws_url
+
+if TYPE_CHECKING:
+    from epws_chat.broker import Page
 
 Line = dict[str, Any]
 
@@ -164,10 +167,10 @@ class GatedBroker(MemoryBroker):
         self.reading = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def history(self, room: str, *, after: str | None, limit: int) -> list[ChatMessage]:
+    async def page(self, room: str, *, after: str | None, limit: int) -> Page:
         self.reading.set()
         await self.gate.wait()
-        return await super().history(room, after=after, limit=limit)
+        return await super().page(room, after=after, limit=limit)
 
 
 async def test_messages_during_the_history_read_are_held_and_deduplicated(start) -> None:

@@ -47,7 +47,7 @@ from ..prepared import PreparedMessage
 from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
 from ..protocol.frames import MessageType
 from .deadlines import queue_for
-from .messages import WRITING, Inbound
+from .messages import FULL, WRITING, Inbound
 
 if TYPE_CHECKING:
     from ..protocol.handshake import Request, Response
@@ -269,7 +269,33 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         proto = self._proto
-        events = proto.receive_data(data)
+        inbound = self._inbound
+        if self.on_message is None:
+            # The protocol completes no more messages than the queue has room for;
+            # the rest stays in it as wire bytes, and the queue pauses reading.
+            events = proto.receive_data(data, inbound.room())
+            callback = False
+        else:
+            # Callback mode: a batch of max_queue messages at a time, so a read of
+            # compressed messages is never inflated whole before any is handed on.
+            events = proto.receive_data(data, inbound.high)
+            callback = True
+        out = proto.data_to_send()
+        if out:
+            if self._write_paused:
+                self._hold_pong(events)
+            else:
+                self._write(out)
+        if events:
+            self._dispatch(events)
+        if callback and proto.input_buffered:
+            del events  # this batch is handed on: free it before the next one
+            self._pump()
+
+    def _receive(self, room: int | None) -> None:
+        """Parse input the protocol holds, up to ``room`` messages, and hand it on."""
+        proto = self._proto
+        events = proto.receive_data(b"", room)
         out = proto.data_to_send()
         if out:
             if self._write_paused:
@@ -279,12 +305,41 @@ class Conn(asyncio.Protocol):
         if events:
             self._dispatch(events)
 
-    def _parse_held(self) -> bool:
-        """The queue made room: parse input the protocol held back; True if some is left.
+    def _parse_held(self) -> None:
+        """The queue made room (or closing began): parse input the protocol held back.
 
-        The protocol of this version parses every chunk whole, so nothing is held.
+        Held pings, pongs, the peer's close frame or a failure come out in order with
+        the messages and go through the same dispatch. Reading resumes only if this
+        left the queue short of full, which means the protocol holds nothing more
+        (it stops early only when the room is used up).
         """
-        return False
+        inbound = self._inbound
+        inbound.held = False
+        if self.on_message is not None:
+            self._pump()
+            return
+        self._receive(inbound.room())
+        if not inbound.held:
+            inbound.resume(FULL)
+
+    def _pump(self) -> None:
+        """Callback mode: parse held input batch by batch until none is left.
+
+        Under write pressure (reading paused for it) parsing stops and the input stays
+        held, since each message may cost output (an echo); :meth:`resume_writing`
+        goes on from there. Only bytes of an unfinished frame are left at the end.
+        """
+        proto = self._proto
+        inbound = self._inbound
+        while proto.input_buffered:
+            if inbound.paused & WRITING:
+                inbound.hold()
+                return
+            before = proto.input_buffered
+            self._receive(inbound.high)
+            if proto.input_buffered == before:
+                break  # an unfinished frame: it waits for more input
+        inbound.resume(FULL)
 
     def _dispatch(self, events: list[Any]) -> None:
         """Hand a chunk's events on, in order: messages, control frames, the end."""
@@ -322,11 +377,21 @@ class Conn(asyncio.Protocol):
 
     def _peer_closing(self, ev: Close | Failure) -> None:
         """The peer's close frame or a protocol failure: act now, or after the queue."""
+        inbound = self._inbound
+        if self._closed:
+            # TCP went while the protocol still held input: the end is told after the
+            # messages before it, as it would have been had they all been parsed.
+            inbound.queue().append(ev)
+            if type(ev) is Failure:
+                self._error = self._closed_error(ev.error)
+            else:
+                err = self._error
+                self._error = self._closed_error(err.__cause__ if err is not None else None)
+            return
         if self._proto.close_sent is not None:
             # Our close frame is out: this ends the handshake (or the peer broke it).
             self._finish_closing(failed=type(ev) is Failure)
             return
-        inbound = self._inbound
         # Nothing after it is parsed: read on, to see EOF.
         inbound.close()
         waiting = len(inbound)
@@ -402,7 +467,12 @@ class Conn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._inbound.resume(WRITING)
+        inbound = self._inbound
+        inbound.resume(WRITING)
+        if inbound.held and self.on_message is not None:
+            # Callback mode stopped parsing under the pressure: go on (reading stays
+            # paused, FULL, until nothing is held).
+            self._parse_held()
         payload = self._late_pong
         if payload is not None:
             self._late_pong = None
@@ -481,13 +551,19 @@ class Conn(asyncio.Protocol):
             if self._close_timer is not None:
                 self._close_timer.cancel()
                 self._close_timer = None
-        self._inbound.close()
+        inbound = self._inbound
+        inbound.close()
         transport = self.transport
         if transport.is_closing():
             return
         if frame:
             self._write(frame)
         self._flush()
+        if inbound.held and self._proto.input_buffered:
+            # Input held for room may hold the peer's close frame, and the peer may
+            # send nothing more: parse it now (data messages after our close frame
+            # cost nothing). Soon, not here: a dispatch may be running.
+            self.loop.call_soon(self._parse_held)
         if failed or self._proto.close_rcvd is not None:
             self._finish_closing(failed=failed)
         elif self._close_timer is None:

@@ -42,11 +42,11 @@ class HasDeadline(Protocol):
 class DeadlineQueue:
     """Deadlines of many connections on one event loop, one loop timer for all.
 
-    Holds no reference to the loop itself (it is found when the timer fires), so a
-    loop that is closed and dropped is not kept alive by its queue.
+    Holds no reference to the loop itself (it is found when the timer fires); while a
+    deadline is pending, the loop's armed timer is what keeps the queue alive.
     """
 
-    __slots__ = ("_heap", "_live", "_seq", "_timer", "_timer_when")
+    __slots__ = ("__weakref__", "_heap", "_live", "_seq", "_timer", "_timer_when")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, HasDeadline]] = []
@@ -120,14 +120,22 @@ class DeadlineQueue:
             self._timer = None
 
 
-_QUEUES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineQueue] = (
+# Weak on both sides. The loop owns its queue while a deadline is pending, through the
+# armed timer (loop -> timer -> queue._fire -> queue); a queue with no deadline holds
+# nothing worth keeping and is made again on next use. A strong value here would pin
+# the loop for ever: the queue holds connections, and a connection holds its loop, so a
+# loop closed with deadlines pending (asyncio.run ending with connections open) would
+# live on with its connections and their sockets (issue 9 item 16).
+_QUEUES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.ref[DeadlineQueue]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def queue_for(loop: asyncio.AbstractEventLoop) -> DeadlineQueue:
-    """The deadline queue of ``loop``, made on first use."""
-    queue = _QUEUES.get(loop)
+    """The deadline queue of ``loop``, made on first use (and again once it is empty)."""
+    ref = _QUEUES.get(loop)
+    queue = ref() if ref is not None else None
     if queue is None:
-        queue = _QUEUES[loop] = DeadlineQueue()
+        queue = DeadlineQueue()
+        _QUEUES[loop] = weakref.ref(queue)
     return queue

@@ -8,9 +8,16 @@ then never paused again). Nothing else in epws calls the transport's
 
 Reading is paused while any of these holds, and resumed only when none does:
 
-* ``FULL``: ``max_queue`` messages wait unread. It clears when the reader has taken the
-  queue down to the low mark (a quarter of ``max_queue``) *and* the protocol holds no
-  input that it parsed no further because the queue had no room.
+* ``FULL``: ``max_queue`` messages wait unread, or (callback mode) the protocol holds
+  input the Conn stopped parsing under write pressure. The Conn asks the protocol for
+  no more messages than the queue has room for (``receive_data(data,
+  max_messages=room)``), so what is not parsed stays in the protocol as wire bytes,
+  never inflated (issue 9 item 12), and the input it holds is at most what one read
+  brought. ``FULL`` clears when the reader has taken the queue down to the low mark (a
+  quarter of ``max_queue``) and the held input, parsed then, left the queue short of
+  full: the protocol holds nothing any more. Held input must never sit behind a
+  transport that reads on (the protocol would append every read to it), so input is
+  held only while reading is paused, and never in closing mode.
 * ``WRITING``: the transport's write buffer is over its high-water mark and no task of
   ours waits for it to drain, in every mode. Input can cost output (a pong per ping, an
   echo per message in callback mode); a peer that sends and never reads would otherwise
@@ -60,7 +67,16 @@ Item = str | bytes | Close | Failure
 class Inbound:
     """The queue of unread messages of one :class:`~epws.asyncio.conn.Conn`."""
 
-    __slots__ = ("_conn", "_events", "_high", "_paused", "_reader", "_state", "timed_out")
+    __slots__ = (
+        "_conn",
+        "_events",
+        "_high",
+        "_paused",
+        "_reader",
+        "_state",
+        "held",
+        "timed_out",
+    )
 
     def __init__(self, conn: Conn, max_queue: int) -> None:
         self._conn = conn
@@ -69,6 +85,10 @@ class Inbound:
         self._paused = 0  # the reasons reading is paused, a bit each
         self._reader: asyncio.Future[None] | None = None
         self._state = _OPEN
+        # The protocol may hold input parsed no further for lack of room: the next
+        # message taken at the low mark (or the end of write pressure, in callback mode)
+        # has it parsed. Kept after TCP is gone, so nothing received is lost.
+        self.held = False
         # The read deadline passed: this read and every later one fail (gorilla's rule).
         self.timed_out = False
 
@@ -89,15 +109,40 @@ class Inbound:
             events = self._events = collections.deque()
         return events  # type: ignore[return-value]
 
+    @property
+    def high(self) -> int:
+        """``max_queue``: the most messages the queue takes, and callback mode's batch."""
+        return self._high
+
+    def room(self) -> int | None:
+        """How many more messages the protocol may hand over now; None: no bound.
+
+        In closing mode nothing needs a bound: after our close frame the protocol
+        drops data messages, after the peer's (or a failure) it parses nothing.
+        """
+        if self._state:
+            return None
+        room = self._high - len(self._events)
+        return room if room > 0 else 0
+
     def filled(self) -> None:
-        """A chunk's messages are in: wake the reader, and stop reading once full."""
+        """A chunk's messages are in: wake the reader, and stop reading once full.
+
+        Full means the protocol was given no more room: it may hold input, which
+        :meth:`next` has parsed once the reader has made room.
+        """
         events = self._events
         if events:
             reader = self._reader
             if reader is not None and not reader.done():
                 reader.set_result(None)
             if len(events) >= self._high:
-                self.pause(FULL)
+                self.hold()
+
+    def hold(self) -> None:
+        """The protocol may hold input: stop reading until it is parsed."""
+        self.held = True
+        self.pause(FULL)
 
     def pause(self, reason: int) -> None:
         paused = self._paused
@@ -147,7 +192,8 @@ class Inbound:
         """The next message, taken off the queue; a Close/Failure is left in place.
 
         Taking the queue down to the low mark lets the protocol parse the input it
-        held back, then resumes reading if nothing is held any more.
+        held back (see :meth:`~epws.asyncio.conn.Conn._parse_held`), which resumes
+        reading if nothing is held any more.
         """
         events = self._events
         if not events:
@@ -156,10 +202,8 @@ class Inbound:
         kind = type(item)
         if kind is str or kind is bytes:
             events.popleft()
-            if self._paused & FULL and len(events) <= self._high >> 2:
-                held = self._conn._parse_held()
-                if not held and len(events) < self._high:
-                    self.resume(FULL)
+            if self.held and len(events) <= self._high >> 2:
+                self._conn._parse_held()
         return item
 
     async def wait(self, until: asyncio.Future[None] | None = None) -> None:

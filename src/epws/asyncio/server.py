@@ -131,6 +131,21 @@ class Upgrader:
         return response, proto, subprotocol
 
 
+def _still_open(conn: Conn) -> bool:
+    """True if neither side has started closing ``conn`` and its TCP connection is up.
+
+    A ConnectionClosed from ``conn`` itself is raised only once one of these holds, so
+    a handler that ends with one while this is True got it from another connection.
+    """
+    proto = conn._proto
+    return (
+        not conn.closed
+        and conn._error is None
+        and proto.close_sent is None
+        and proto.close_rcvd is None
+    )
+
+
 class Server:
     """A running WebSocket server; ``async with`` it, or :meth:`close` it.
 
@@ -145,7 +160,11 @@ class Server:
         self.handler = handler
         self.process_request = process_request
         self.connections: set[Conn] = set()
+        # Handler tasks (async handlers), awaited by close().
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connections still in the opening handshake: close() ends them, so that no
+        # upgrade completes and no handler starts once it has begun (issue 9 item 4).
+        self._handshakes: set[_HTTPProtocol] = set()
         self._server: asyncio.Server | None = None
         self._closing = False
 
@@ -166,6 +185,8 @@ class Server:
         await self._server.serve_forever()
 
     def _start_handler(self, conn: Conn) -> None:
+        # connections is the truth: a Conn is in it exactly while its TCP connection is
+        # open (it removes itself as TCP goes), whatever its handler does.
         self.connections.add(conn)
         conn._registry = self.connections  # it leaves the set as its TCP connection goes
         try:
@@ -181,18 +202,37 @@ class Server:
         # Callback mode has no task: the connection lives until either side closes it.
 
     async def _run_handler(self, conn: Conn, running: Awaitable[None]) -> None:
+        """Run an async handler; when it ends, its connection ends too.
+
+        The task ends only once the connection's TCP connection is gone, so
+        :meth:`close` waiting for the tasks waits for the connections.
+        """
         try:
-            await running
-        except ConnectionClosed:
-            # The peer went away while the handler was reading or writing: not a bug.
-            logger.debug("connection closed under the handler", exc_info=True)
-        except Exception:
-            logger.exception("connection handler failed")
-            await conn.close(1011, "internal error")
-        else:
-            await conn.close()
+            try:
+                await running
+            except ConnectionClosed:
+                if _still_open(conn):
+                    # Not this connection's: a relay or a broadcast loop let another
+                    # connection's close escape. This peer did not leave; the handler
+                    # failed (issue 9 item 5).
+                    logger.exception(
+                        "connection handler failed: ConnectionClosed of another connection"
+                    )
+                    await conn.close(1011, "internal error")
+                else:
+                    # The peer went away while the handler was reading or writing.
+                    logger.debug("connection closed under the handler", exc_info=True)
+                    await conn.close()  # finishes the closing handshake if need be
+            except Exception:
+                logger.exception("connection handler failed")
+                await conn.close(1011, "internal error")
+            else:
+                await conn.close()
         finally:
-            self.connections.discard(conn)
+            if not conn.closed:
+                # Cancelled (by close() after its timeout) before TCP went: drop it, so
+                # that no connection outlives its handler.
+                conn.abort()
 
     async def close(
         self, code: int = 1001, reason: str = "going away", *, timeout: float = 10.0
@@ -204,6 +244,9 @@ class Server:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        # Requests still being read or waiting for process_request: never upgraded now.
+        for handshake in list(self._handshakes):
+            handshake.shut_down()
         conns = list(self.connections)
         if conns:
             await asyncio.gather(*(c.close(code, reason) for c in conns), return_exceptions=True)
@@ -226,7 +269,7 @@ class Server:
 class _HTTPProtocol(asyncio.Protocol):
     """Reads one HTTP request, then answers it or upgrades the connection."""
 
-    __slots__ = ("_parser", "_server", "_timer", "_transport")
+    __slots__ = ("_parser", "_pending", "_server", "_timer", "_transport")
 
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -238,15 +281,44 @@ class _HTTPProtocol(asyncio.Protocol):
         )
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # The task awaiting an async process_request for this request, if any.
+        self._pending: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         if self._server._closing:
             transport.close()
             return
+        self._server._handshakes.add(self)
         self._timer = asyncio.get_running_loop().call_later(
             self._server.upgrader.handshake_timeout, self._timed_out
         )
+
+    def _done(self) -> None:
+        """The handshake stage is over (answered, upgraded, refused or lost)."""
+        self._server._handshakes.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shut_down(self) -> None:
+        """The server is closing: end this handshake, never upgrade it.
+
+        A complete request (its process_request still running) is answered 503, so the
+        client knows it was refused rather than cut; a partial one is just closed.
+        """
+        transport = self._transport
+        self._parser = None
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            pending.cancel()
+        self._done()
+        if transport is None or transport.is_closing():
+            return
+        if pending is not None:
+            transport.write(build_http_response(503, body=b"server shutting down\n"))
+        transport.close()
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -255,10 +327,13 @@ class _HTTPProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._done()
         self._parser = None
+        pending = self._pending
+        if pending is not None:
+            # Nobody is left to answer: don't keep the application's work running.
+            self._pending = None
+            pending.cancel()
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -280,11 +355,9 @@ class _HTTPProtocol(asyncio.Protocol):
         if process is not None:
             result = process(request)
             if inspect.isawaitable(result):
-                task = asyncio.get_running_loop().create_task(
+                self._pending = asyncio.get_running_loop().create_task(
                     self._finish_async(request, parser.rest, result)
                 )
-                self._server._tasks.add(task)
-                task.add_done_callback(self._server._tasks.discard)
                 return
             if result is not None:
                 self._answer(request, result)
@@ -299,6 +372,9 @@ class _HTTPProtocol(asyncio.Protocol):
         except Exception:
             logger.exception("process_request failed")
             result = HTTPResponse(500, "Internal Server Error\n")
+        if self._pending is not asyncio.current_task():
+            return  # shut down or lost meanwhile: that path answered (or nobody listens)
+        self._pending = None
         if self._transport is None or self._transport.is_closing():
             return
         if result is not None:
@@ -307,6 +383,7 @@ class _HTTPProtocol(asyncio.Protocol):
             self._upgrade(request, rest)
 
     def _answer(self, request: Request, response: HTTPResponse) -> None:
+        self._done()
         transport = self._transport
         assert transport is not None
         transport.write(response.serialize(head_only=request.method == "HEAD"))
@@ -314,6 +391,7 @@ class _HTTPProtocol(asyncio.Protocol):
 
     def _refuse(self, exc: HandshakeError) -> None:
         logger.info("refused WebSocket handshake: %s (%d)", exc, exc.status)
+        self._done()
         transport = self._transport
         assert transport is not None
         body = (str(exc) + "\n").encode()
@@ -324,6 +402,10 @@ class _HTTPProtocol(asyncio.Protocol):
         server = self._server
         transport = self._transport
         assert transport is not None
+        if server._closing:
+            # Belt and braces: close() shut every handshake down, so none gets here.
+            self.shut_down()
+            return
         if not is_upgrade_request(request):
             self._refuse(
                 HandshakeError(
@@ -339,9 +421,7 @@ class _HTTPProtocol(asyncio.Protocol):
         except HandshakeError as exc:
             self._refuse(exc)
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._done()
         transport.write(response)
         request.headers.compact()
         conn = Conn(

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import epws
 
-from .broker import BrokerError, ChatMessage, message_id_key
+from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
 from .hub import DEFAULT_ROOM, Hub
 
 __all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normalize"]
@@ -198,23 +198,48 @@ class Client:
             task.add_done_callback(_JOINING.discard)
 
     async def _send_history(self, limit: int, after: str | None) -> None:
-        """Send the room's recent messages, then release what arrived meanwhile."""
+        """Send the room's recent messages, then release what arrived meanwhile.
+
+        Whatever happens (a broker error, a bug, a cancelled task), the held lines are
+        released and the client leaves its holding state: a client stuck there would
+        receive nothing and hold every line of its room for the life of the connection.
+
+        Held lines are deduplicated against the ids the history actually returned,
+        never against ``after`` alone: an ``after`` beyond the room's newest id (a
+        client from another history) must not swallow the live lines.
+        """
         lines: list[str] = []
-        last = message_id_key(after) if after else (-1, -1)
+        last = (-1, -1)
         try:
             if limit:
-                for message in await self.hub.broker.history(self.room, after=after, limit=limit):
+                page = await self.hub.broker.page(self.room, after=after, limit=limit)
+                for message in page.messages:
                     lines.append(message.json())
                     last = max(last, message_id_key(message.id))
+                if after is not None and not page.complete:
+                    lines.append(
+                        json.dumps(
+                            {
+                                "type": "error",
+                                "text": "some messages may be missing: the history no "
+                                "longer holds everything after the last one shown",
+                                "missed": True,
+                            }
+                        )
+                    )
         except BrokerError as exc:
             lines.append(_error_line(f"history unavailable: {exc}"))
-        held = self.holding or []
-        self.holding = None
-        for message in held:  # subscribed before the history was read: drop overlaps
-            if message_id_key(message.id) > last:
-                lines.append(message.json())
-        if lines:
-            self._send_line("\n".join(lines))
+        except Exception:
+            logger.exception("%s: history failed", self)
+            lines.append(_error_line("history unavailable: internal error"))
+        finally:
+            held = self.holding or []
+            self.holding = None
+            for message in held:  # subscribed before the history was read: drop overlaps
+                if message_id_key(message.id) > last:
+                    lines.append(message.json())
+            if lines:
+                self._send_line("\n".join(lines))
 
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
@@ -227,6 +252,8 @@ class Client:
         here. Newlines become spaces and the text is trimmed, so the hub can join
         lines with ``"\\n"``.
         """
+        if self not in self.hub:
+            return  # evicted (or leaving): its lines are no longer the room's
         if not isinstance(message, str):
             # Go broadcasts the bytes of binary messages as text; decoding keeps the
             # outgoing text frame valid UTF-8.
@@ -236,7 +263,9 @@ class Client:
             if text is None:
                 return
             message = text
-        self.hub.broadcast(normalize(message), room=self.room, name=self.name, sender=self)
+        self.hub.broadcast(
+            clean_text(normalize(message)), room=self.room, name=self.name, sender=self
+        )
 
     def _command(self, line: str) -> str | None:
         """A JSON client's message: the text to broadcast, or None for a command."""
@@ -257,9 +286,13 @@ class Client:
         return None
 
     def publish_failed(self, error: BrokerError) -> None:
-        """The broker could not take this client's message: tell the sender."""
-        logger.warning("%s: message not delivered: %s", self, error)
-        text = f"message not delivered: {error}"
+        """The broker could not take this client's message: tell the sender (and say
+        when it is only unconfirmed: it may still show up)."""
+        what = (
+            "message not confirmed" if isinstance(error, BrokerUnsure) else "message not delivered"
+        )
+        logger.warning("%s: %s: %s", self, what, error)
+        text = f"{what}: {error}"
         self._send_line(_error_line(text) if self.structured else f"error: {text}")
 
     def _pong(self, _payload: bytes) -> None:
@@ -305,7 +338,7 @@ def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
     after: str | None = (query.get("after") or [""])[0] or None
     if after is not None:
         try:
-            message_id_key(after)
+            message_id_key(after)  # the brokers' own parser: what passes, Redis takes
         except ValueError:
             after = None
     client = Client(hub, conn, settings, room=room, name=name)

@@ -25,6 +25,8 @@ batch is written is just as stuck, however small its backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -82,7 +84,7 @@ class Hub:
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver)
+        await self.broker.start(self.deliver, self.gap)
 
     async def close(self) -> None:
         await self.broker.close()
@@ -150,6 +152,26 @@ class Hub:
         else:
             pending.append(message)
 
+    def gap(self, room_name: str) -> None:
+        """The broker may have lost messages of ``room_name``: tell its members.
+
+        After an outage a broker fills each room's gap from its history; when the
+        history cannot prove the gap whole, the members are told rather than left
+        to believe they saw everything.
+        """
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        text = "some messages may be missing: the broker lost messages while it was away"
+        structured = epws.PreparedMessage(
+            epws.MessageType.TEXT,
+            json.dumps({"type": "error", "text": text, "missed": True}),
+        )
+        plain = epws.PreparedMessage(epws.MessageType.TEXT, f"error: {text}")
+        for client in room.members:
+            with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
+                client.conn.write_prepared_nowait(structured if client.structured else plain)
+
     def _flush(self, room: Room) -> None:
         """Write the room's batch: encoded once per protocol, the same bytes to all."""
         batch = room.pending
@@ -181,16 +203,14 @@ class Hub:
                 client.backlog_since = None
             if client.structured:
                 if structured is None:
-                    structured = epws.PreparedMessage(
-                        epws.MessageType.TEXT, "\n".join([m.json() for m in batch])
-                    )
+                    structured = _prepare([m.json() for m in batch], room.name)
                 message = structured
             else:
                 if plain is None:
-                    plain = epws.PreparedMessage(
-                        epws.MessageType.TEXT, "\n".join([m.text for m in batch])
-                    )
+                    plain = _prepare([m.text for m in batch], room.name)
                 message = plain
+            if message is _NOTHING:
+                continue
             try:  # noqa: SIM105 - the hot loop: cheaper than contextlib.suppress
                 conn.write_prepared_nowait(message)
             except (epws.ConnectionClosed, epws.InvalidState):
@@ -223,6 +243,33 @@ class Hub:
             logger.info("evicted %s: nothing sent for %.3g s", client, self.write_wait)
             self.evict(client)
         return len(stuck)
+
+
+def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
+    """The batch as one frame; a line that cannot be encoded costs only itself.
+
+    Brokers and the read pump clean every text (:func:`~epws_chat.broker.clean_text`),
+    so this is the last line of defence: one bad line must never lose the innocent
+    lines of its batch, for any member.
+    """
+    try:
+        return epws.PreparedMessage(epws.MessageType.TEXT, "\n".join(lines))
+    except (UnicodeError, ValueError):
+        good = []
+        for line in lines:
+            try:
+                line.encode("utf-8")
+            except UnicodeError:
+                logger.error("room %s: dropped a line that is not valid text", room)
+                continue
+            good.append(line)
+        if not good:
+            return _NOTHING
+        return epws.PreparedMessage(epws.MessageType.TEXT, "\n".join(good))
+
+
+#: What :func:`_prepare` returns when no line of a batch could be encoded.
+_NOTHING = epws.PreparedMessage(epws.MessageType.TEXT, "")
 
 
 def _log_publish_error(error: BrokerError) -> None:

@@ -36,24 +36,38 @@ import logging
 import random
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, TimeoutError as RedisTimeoutError
 
-from .broker import BrokerError, ChatMessage, Deliver, OnError
+from .broker import (
+    BadEntry,
+    BrokerError,
+    BrokerUnsure,
+    ChatMessage,
+    Deliver,
+    OnError,
+    Page,
+    clean_text,
+    message_id_key,
+)
 
-__all__ = ["PUBLISH_SCRIPT", "RedisBroker"]
+__all__ = ["PUBLISH_SCRIPT", "RedisBroker", "decode_entry", "is_complete"]
 
 logger = logging.getLogger("epws_chat.redis")
 
-#: KEYS[1]: the room's stream; ARGV: channel, body, MAXLEN, trim operator ("=" or "~").
-#: Returns the stream id, which is also the message id every process sees.
+#: KEYS[1]: the room's stream; ARGV: channel, body, MAXLEN, trim operator ("=" or "~"),
+#: retention in seconds (0: none). Returns the stream id, which is also the message id
+#: every process sees. The EXPIRE is refreshed by every message, so a room's history
+#: lives ``retention`` seconds after its last message (and Redis frees abandoned rooms).
 PUBLISH_SCRIPT = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], ARGV[3], '*', 'd', ARGV[2])
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2])
 return id
 """
@@ -66,10 +80,58 @@ MAX_FILL = 10_000
 _IdKey = tuple[int, int]
 _Pending = tuple[str, bytes, OnError]
 
+_id_key = message_id_key  # one id parser for both brokers (ValueError if malformed)
 
-def _id_key(raw: bytes) -> _IdKey:
-    ms, _, seq = raw.partition(b"-")
-    return int(ms), int(seq)
+
+def decode_entry(room: str, raw: bytes, body: bytes) -> ChatMessage:
+    """One message in the wire format (pub/sub payload or stream entry), checked.
+
+    The format: the id (``"<ms>-<seq>"``), and a body ``[name, text, time]`` in JSON.
+    Anything else (from another program, an older version, a hand-made XADD) raises
+    :class:`~epws_chat.broker.BadEntry`; the caller skips it and goes on: one bad
+    entry must never stop the listener or a history read.
+    """
+    try:
+        message_id_key(raw)
+        name, text, sent = json.loads(body)
+    except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
+        raise BadEntry(f"room {room}: bad entry {raw[:40]!r}: {exc}") from None
+    if not isinstance(name, str) or not isinstance(text, str):
+        raise BadEntry(f"room {room}: bad entry {raw[:40]!r}: name and text must be strings")
+    if isinstance(sent, bool) or not isinstance(sent, (int, float)):
+        raise BadEntry(f"room {room}: bad entry {raw[:40]!r}: time must be a number")
+    return ChatMessage(raw.decode("ascii"), room, clean_text(name)[:64], clean_text(text), sent)
+
+
+def is_complete(after: _IdKey, entries: list[Any], info: Any) -> bool:
+    """Whether a stream read from ``after`` INCLUSIVE holds every message after it.
+
+    ``entries`` is ``XRANGE key after + COUNT limit+2`` (the caller already knows the
+    count), ``info`` is ``XINFO STREAM key`` (an error if the key is missing).
+
+    * ``after``'s own entry is still there: nothing after it was trimmed.
+    * Else, if the stream was never trimmed (``entries-added`` equals ``length``), it
+      holds its whole life; ``after`` must fall within it. An ``after`` older than
+      its first entry predates this stream: it was lost (Redis restarted without
+      persistence, the key expired or was evicted) and recreated since.
+    * Anything else (trimmed past ``after``, no stream, ``after`` beyond the newest
+      entry) may miss messages.
+    """
+    if entries and _id_key(entries[0][0]) == after:
+        return True
+    length = added = None
+    if isinstance(info, dict):
+        length, added = info.get("length"), info.get("entries-added")
+    if after == (0, 0):
+        # The room was empty when this process joined it: whole unless trimmed since
+        # (an empty or missing stream means nothing was said).
+        return length == added
+    if not isinstance(info, dict):
+        return False  # no stream at all: its history is gone (or never was)
+    first, last = info.get("first-entry"), info.get("last-entry")
+    if length is None or added is None or length != added or not first or not last:
+        return False
+    return _id_key(first[0]) <= after <= _id_key(last[0])
 
 
 def _redact(url: str) -> str:
@@ -97,10 +159,13 @@ class RedisBroker:
         health_interval: seconds of silence on the pub/sub connection after which a
             PING is sent; no answer within as long again counts as a lost connection
             (a half-open TCP connection is not noticed otherwise).
+        retention: seconds a room's stream lives after its last message (an EXPIRE
+            refreshed by each message; 0: forever). Abandoned rooms are freed.
 
     Attributes:
         recovered: messages delivered from the streams after reconnections (each one
             would have been lost with pub/sub alone).
+        bad: malformed entries met (pub/sub payloads and stream entries), skipped.
     """
 
     shared = True
@@ -114,11 +179,15 @@ class RedisBroker:
         timeout: float = 5.0,
         backoff: tuple[float, float] = (0.1, 5.0),
         health_interval: float = 15.0,
+        retention: float = 86400.0,
     ) -> None:
         if history < 0:
             raise ValueError("history must not be negative")
         self.url = url
         self.recovered = 0
+        self.bad = 0
+        self._retention = str(max(0, int(retention))).encode()
+        self._gap: Callable[[str], None] | None = None
         self._shown_url = _redact(url)
         self._history = history
         self._prefix = prefix
@@ -192,17 +261,20 @@ class RedisBroker:
 
     # ------------------------------------------------------------- lifecycle
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, gap: Callable[[str], None] | None = None) -> None:
         """Start the listener; wait (at most ``timeout``) for the first connection.
 
         Redis being down at start is not fatal: the chat serves its local clients
         and the listener keeps trying, as after any loss of the connection.
+        ``gap(room)`` is called when, after a reconnection, a room's stream cannot
+        prove that every message missed meanwhile was recovered.
         """
         self._deliver = deliver
+        self._gap = gap
         self._loop = asyncio.get_running_loop()
         self._up_event = asyncio.Event()
         self._first_attempt = asyncio.Event()
-        self._listener = self._loop.create_task(self._listen_forever())
+        self._listener = self._loop.create_task(self._supervise_listener())
         try:
             async with asyncio.timeout(self._timeout + 1):
                 await self._first_attempt.wait()
@@ -245,6 +317,9 @@ class RedisBroker:
             return
         self._rooms.add(room)
         self._channels[self._channel(room)] = room
+        # Not ready until the syncer (or the listener's resubscription) has made the
+        # room live again, even if the connection never unsubscribed it: a room left
+        # and re-joined while a change is in flight dropped its messages meanwhile.
         self._ready[room] = asyncio.Event()
         self._kick_syncer()
 
@@ -256,8 +331,7 @@ class RedisBroker:
         ready = self._ready.pop(room, None)
         if ready is not None:
             ready.set()  # nobody waits for a room without members
-        if room not in self._sent:
-            self._last.pop(room, None)
+        self._last.pop(room, None)  # messages are dropped from now on: no gap to fill
         self._kick_syncer()
 
     def _kick_syncer(self) -> None:
@@ -267,40 +341,56 @@ class RedisBroker:
     async def _sync_subscriptions(self) -> None:
         """Make the connection's subscriptions match the rooms with local members.
 
-        For new rooms: SUBSCRIBE, a barrier (the subscriptions are active), the
-        newest id of each room's stream, a second barrier (every live message up to
-        that id has been delivered), then that id becomes the room's last id and the
-        room is ready. Older messages are history (a joining client reads them after
-        the room is ready); newer ones arrive live or, after a reconnection, from the
-        stream. No message is delivered twice and none falls between the two.
+        A room is new when it has members and is not ready (whether or not the
+        connection still has it subscribed: SUBSCRIBE is idempotent). For new rooms:
+        SUBSCRIBE, a barrier (the subscriptions are active), the newest id of each
+        room's stream, a second barrier (every live message up to that id has been
+        delivered), then that id becomes the room's last id and the room is ready.
+        Older messages are history (a joining client reads them after the room is
+        ready); newer ones arrive live or, after a reconnection, from the stream. No
+        message is delivered twice and none falls between the two.
+
+        A failure here (a timeout, Redis refusing) drops the pub/sub connection: the
+        listener reconnects and resubscribes every room, filling gaps from the
+        streams, which is the one recovery path; swallowing the error would leave
+        rooms that never become ready and stall every publish that names them.
         """
+        conn = self._conn
         try:
             while self._up and not self._closed:
                 conn = self._conn
                 if conn is None or not conn.is_connected:
                     return  # the listener is reconnecting and will resubscribe
-                new = [r for r in self._rooms if r not in self._sent]
+                new = [r for r in self._rooms if not self._ready[r].is_set()]
                 gone = [r for r in self._sent if r not in self._rooms]
                 if not new and not gone:
                     return
                 if gone:
-                    for room in gone:
-                        self._sent.discard(room)
-                        self._last.pop(room, None)
+                    self._sent.difference_update(gone)
                     await conn.send_command("UNSUBSCRIBE", *[self._channel(r) for r in gone])
                 if new:
+                    events = {r: self._ready[r] for r in new}
                     self._sent.update(new)
                     await conn.send_command("SUBSCRIBE", *[self._channel(r) for r in new])
                     await self._barrier()
                     tops = await self._tops(new)
                     await self._barrier()
                     for room, top in zip(new, tops, strict=True):
-                        if room in self._sent and room in self._rooms:
+                        # Still the same membership (not left, maybe re-joined since:
+                        # then a new event, made ready by the next round).
+                        if self._ready.get(room) is events[room] and room in self._sent:
                             self._advance(room, top)
-                            self._ready[room].set()
-        except (RedisError, OSError, BrokerError, TimeoutError) as exc:
-            # The listener notices the lost connection too and resubscribes everything.
-            logger.debug("redis broker: subscription update failed: %s", exc)
+                            events[room].set()
+        except (RedisError, OSError, BrokerError, TimeoutError, ValueError) as exc:
+            if not self._closed and self._up:
+                logger.warning(
+                    "redis broker: subscription update failed (%s); reconnecting to "
+                    "resubscribe every room",
+                    _describe(exc),
+                )
+                self._set_down(f"Redis at {self._shown_url} failed ({_describe(exc)})")
+                if conn is not None:
+                    await conn.disconnect(nowait=True)
         finally:
             self._syncer = None
 
@@ -310,7 +400,7 @@ class RedisBroker:
             for room in rooms:
                 pipe.xrevrange(self._log_key(room), count=1)
             results: list[Any] = await pipe.execute()
-        return [entries[0][0] if entries else b"0-0" for entries in results]
+        return [_top(entries) for entries in results]
 
     def _advance(self, room: str, raw: bytes) -> None:
         key = _id_key(raw)
@@ -319,6 +409,29 @@ class RedisBroker:
             self._last[room] = (key, raw)
 
     # ------------------------------------------------------------- the listener
+
+    async def _supervise_listener(self) -> None:
+        """Run the listener; restart it (logged, after a pause) if a bug ends it.
+
+        The listener handles every Redis failure itself; anything else escaping it
+        is a bug, and a dead listener would leave the process deaf forever while
+        publishes still succeed. So: log it with its traceback, mark the broker down
+        (senders get an error rather than silence), and start again.
+        """
+        while not self._closed:
+            try:
+                await self._listen_forever()
+                return
+            except Exception as exc:
+                logger.exception("redis broker: the listener failed; restarting it")
+                self._set_down(f"the Redis listener failed ({_describe(exc)})")
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+                if self._first_attempt is not None:
+                    self._first_attempt.set()
+                await asyncio.sleep(self._backoff[0])
 
     async def _listen_forever(self) -> None:
         """Connect, listen, and after any failure reconnect with backoff and jitter."""
@@ -434,17 +547,21 @@ class RedisBroker:
             # As in _sync_subscriptions: rooms this process had before fill their gap
             # from their last id; rooms that are new meanwhile start at their top.
             known = [r for r in rooms if r in self._last]
-            fresh = [r for r in rooms if r not in self._last]
+            fresh = [r for r in rooms if r not in known]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room in known:
-                    pipe.xrange(self._log_key(room), b"(" + self._last[room][1], count=MAX_FILL)
+                    key = self._log_key(room)
+                    pipe.xrange(key, self._last[room][1], count=MAX_FILL + 1)
+                    pipe.xinfo_stream(key)
                 for room in fresh:
                     pipe.xrevrange(self._log_key(room), count=1)
-                results: list[Any] = await pipe.execute()
+                results: list[Any] = await pipe.execute(raise_on_error=False)
             await self._read_until_pong(conn, b"epws-filled", buffered, self._timeout)
-        filled = self._fill(known, results[: len(known)])
-        for room, entries in zip(fresh, results[len(known) :], strict=True):
-            self._advance(room, entries[0][0] if entries else b"0-0")
+        filled = self._fill(known, results[: 2 * len(known)])
+        for room, entries in zip(fresh, results[2 * len(known) :], strict=True):
+            if isinstance(entries, Exception):
+                raise entries
+            self._advance(room, _top(entries))
         for channel, data in buffered:
             self._on_message(channel, data)
         for room in rooms:
@@ -473,19 +590,35 @@ class RedisBroker:
                     return
 
     def _fill(self, rooms: list[str], results: list[Any]) -> int:
-        """Deliver what each room's stream holds after the last id delivered."""
+        """Deliver what each room's stream holds after the last id delivered.
+
+        ``results`` holds, per room, the stream read from the last id INCLUSIVE and
+        ``XINFO STREAM``; when they cannot prove the gap whole (trimmed past it, or
+        the stream lost while we were away), the room's members are told.
+        """
         count = 0
-        deliver = self._deliver
-        for room, entries in zip(rooms, results, strict=True):
-            for raw, fields in entries:
-                key = _id_key(raw)
+        for i, room in enumerate(rooms):
+            entries, info = results[2 * i], results[2 * i + 1]
+            last = self._last.get(room)
+            if isinstance(entries, Exception):
+                entries = []
+            whole = last is None or (
+                len(entries) <= MAX_FILL and is_complete(last[0], entries, info)
+            )
+            for message in self._decode_entries(room, entries):
+                key = _id_key(message.id)
                 last = self._last.get(room)
                 if room not in self._rooms or (last is not None and key <= last[0]):
                     continue
-                self._last[room] = (key, raw)
+                self._last[room] = (key, message.id.encode())
                 count += 1
-                if deliver is not None:
-                    deliver(self._message(room, raw, fields[b"d"]))
+                self._deliver_one(message)
+            if not whole and room in self._rooms and self._gap is not None:
+                logger.warning("redis broker: room %s: messages may have been lost", room)
+                try:
+                    self._gap(room)
+                except Exception:
+                    logger.exception("redis broker: reporting a gap in room %s failed", room)
         self.recovered += count
         return count
 
@@ -512,23 +645,58 @@ class RedisBroker:
                         future.set_result(None)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
+        """One pub/sub message: checked, deduplicated, delivered; never raises.
+
+        A malformed payload (anyone can PUBLISH on the channel) is counted, logged
+        and skipped; an error in ``deliver`` is logged: neither may end the listener,
+        which would leave the process deaf while it still looks connected.
+        """
         room = self._channels.get(channel)
         if room is None:
             return  # a room this process left; its UNSUBSCRIBE is on its way
+        if not isinstance(data, bytes):
+            self._bad(BadEntry(f"room {room}: a pub/sub payload that is not a string"))
+            return
         raw, _, body = data.partition(b" ")
+        try:
+            message = decode_entry(room, raw, body)
+        except BadEntry as exc:
+            self._bad(exc)
+            return
         key = _id_key(raw)
         last = self._last.get(room)
         if last is not None and key <= last[0]:
             return  # already delivered from the stream after a reconnection
         self._last[room] = (key, raw)
-        deliver = self._deliver
-        if deliver is not None:
-            deliver(self._message(room, raw, body))
+        self._deliver_one(message)
 
-    @staticmethod
-    def _message(room: str, raw: bytes, body: bytes) -> ChatMessage:
-        name, text, sent = json.loads(body)
-        return ChatMessage(raw.decode(), room, name, text, sent)
+    def _deliver_one(self, message: ChatMessage) -> None:
+        deliver = self._deliver
+        if deliver is None:
+            return
+        try:
+            deliver(message)
+        except Exception:
+            logger.exception("redis broker: delivering a message of room %s failed", message.room)
+
+    def _bad(self, exc: BadEntry) -> None:
+        self.bad += 1
+        # The first few, then one in a thousand: a flood of junk cannot flood the log.
+        if self.bad <= 10 or self.bad % 1000 == 0:
+            logger.warning("redis broker: skipped a malformed entry (%d so far): %s", self.bad, exc)
+
+    def _decode_entries(self, room: str, entries: list[Any]) -> list[ChatMessage]:
+        """Stream entries as messages, malformed ones skipped (and counted)."""
+        out = []
+        for raw, fields in entries:
+            try:
+                body = fields.get(b"d") if isinstance(fields, dict) else None
+                if not isinstance(body, bytes):
+                    raise BadEntry(f"room {room}: stream entry {raw[:40]!r} has no 'd' field")
+                out.append(decode_entry(room, raw, body))
+            except BadEntry as exc:
+                self._bad(exc)
+        return out
 
     # ------------------------------------------------------------- publishing
 
@@ -552,7 +720,21 @@ class RedisBroker:
                 try:
                     results = await self._send_batch(batch)
                 except (RedisError, OSError, TimeoutError) as exc:
-                    error = BrokerError(f"Redis at {self._shown_url} failed ({_describe(exc)})")
+                    if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+                        # Sent, never answered: Redis may still run it (a pause, not
+                        # a crash). The sender is told the truth: unconfirmed.
+                        error: BrokerError = BrokerUnsure(
+                            f"Redis at {self._shown_url} did not answer in time; "
+                            "the message may still reach the room"
+                        )
+                    else:
+                        error = BrokerError(f"Redis at {self._shown_url} failed ({_describe(exc)})")
+                    for _, _, on_error in batch:
+                        on_error(error)
+                    continue
+                except Exception as exc:  # a bug: the senders still hear of it
+                    logger.exception("redis broker: publishing failed")
+                    error = BrokerError(f"publishing failed ({_describe(exc)})")
                     for _, _, on_error in batch:
                         on_error(error)
                     continue
@@ -563,13 +745,14 @@ class RedisBroker:
             self._publisher = None
 
     async def _until_subscribed(self, rooms: set[str]) -> None:
-        """Wait (bounded) until this process receives ``rooms``: a client that joins
-        and speaks at once must see its own line, as with the memory broker."""
-        for room in rooms:
-            ready = self._ready.get(room)
-            if ready is not None and not ready.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._timeout):
+        """Wait (bounded, ONE deadline for the batch) until this process receives
+        ``rooms``: a client that joins and speaks at once must see its own line, as
+        with the memory broker."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                for room in rooms:
+                    ready = self._ready.get(room)
+                    if ready is not None and not ready.is_set():
                         await ready.wait()
 
     async def _barrier(self) -> None:
@@ -611,40 +794,91 @@ class RedisBroker:
         sha = self._sha
         if sha is None:
             sha = self._sha = await self._redis.script_load(PUBLISH_SCRIPT)
-        maxlen, trim = self._maxlen, self._trim
+        maxlen, trim, keep = self._maxlen, self._trim, self._retention
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, body, _ in batch:
-                pipe.evalsha(sha, 1, self._log_key(room), self._channel(room), body, maxlen, trim)
+                pipe.evalsha(
+                    sha, 1, self._log_key(room), self._channel(room), body, maxlen, trim, keep
+                )
             results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
 
     # ------------------------------------------------------------- history
 
     async def history(self, room: str, *, after: str | None, limit: int) -> list[ChatMessage]:
-        """The room's latest messages from its stream, oldest first.
+        return (await self.page(room, after=after, limit=limit)).messages
+
+    async def page(self, room: str, *, after: str | None, limit: int) -> Page:
+        """The room's latest messages from its stream, oldest first, and whether a
+        resume from ``after`` is whole (:func:`is_complete`).
 
         For a room this process has just subscribed to, the read waits until the
         subscription is confirmed: everything newer than what it returns then
         arrives live (the client drops the overlap by id).
         """
         if limit <= 0:
-            return []
+            return Page([], after is None)
         if not self._up:
             raise BrokerError(self._down_reason)
+        after_key = _id_key(after) if after else None  # ValueError: the caller checks
+        key = self._log_key(room)
         ready = self._ready.get(room)
         try:
             if ready is not None and not ready.is_set():
                 async with asyncio.timeout(self._timeout):
                     await ready.wait()
-            low = b"(" + after.encode() if after else b"-"
-            entries: Any = await self._redis.xrevrange(self._log_key(room), b"+", low, count=limit)
-            if entries and ready is not None and room in self._rooms:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if after is None:
+                    pipe.xrevrange(key, b"+", b"-", count=limit)
+                else:
+                    # From ``after`` INCLUSIVE: its own entry proves nothing was trimmed.
+                    pipe.xrange(key, after.encode(), b"+", count=limit + 2)
+                    pipe.xinfo_stream(key)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if isinstance(results[0], Exception):
+                raise results[0]
+            if results[0] and ready is not None and room in self._rooms:
                 await self._barrier()
         except TimeoutError:
             raise BrokerError("Redis did not answer in time") from None
         except (RedisError, OSError) as exc:
             raise BrokerError(f"Redis at {self._shown_url} failed ({_describe(exc)})") from None
-        return [self._message(room, raw, fields[b"d"]) for raw, fields in reversed(entries)]
+        if after_key is None:
+            return Page(self._decode_entries(room, list(reversed(results[0]))), True)
+        assert after is not None
+        entries = results[0]
+        complete = is_complete(after_key, entries, results[1])
+        newer = [e for e in entries if _id_key(e[0]) > after_key]
+        if len(newer) > limit:
+            complete = False
+            newer = newer[-limit:]  # the gap is longer than the page: the latest part
+            # (XRANGE from after read the OLDEST; a long gap is rare, read the tail)
+            tail: Any = await self._tail(key, after, limit)
+            if tail is not None:
+                newer = tail
+        return Page(self._decode_entries(room, newer), complete)
+
+    async def _tail(self, key: bytes, after: str, limit: int) -> list[Any] | None:
+        try:
+            entries: Any = await self._redis.xrevrange(
+                key, b"+", b"(" + after.encode(), count=limit
+            )
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return list(reversed(entries))
+
+
+def _top(entries: Any) -> bytes:
+    """The id of an ``XREVRANGE ... COUNT 1`` answer ("0-0" for an empty stream or a
+    malformed id, which then counts as the beginning)."""
+    if entries:
+        raw = entries[0][0]
+        try:
+            _id_key(raw)
+        except ValueError:
+            return b"0-0"
+        return bytes(raw)
+    return b"0-0"
 
 
 def _describe(exc: BaseException) -> str:

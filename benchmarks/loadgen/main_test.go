@@ -1,0 +1,42 @@
+package main
+
+import (
+	"bytes"
+	"testing"
+)
+
+// TestAppendMaskedFrame checks the word-at-a-time masking against the definition
+// (RFC 6455 §5.3: byte i XOR key[i mod 4]) for every length class and tail length.
+func TestAppendMaskedFrame(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 9, 125, 126, 127, 1000, 16383, 16384, 65535, 65536, 70001} {
+		payload := make([]byte, n)
+		for i := range payload {
+			payload[i] = byte(i*31 + 7)
+		}
+		frame := appendMaskedFrame([]byte("prefix"), 0x2, payload)
+		if !bytes.HasPrefix(frame, []byte("prefix")) {
+			t.Fatalf("n=%d: prefix lost", n)
+		}
+		f := frame[len("prefix"):]
+		if f[0] != 0x82 || f[1]&0x80 == 0 {
+			t.Fatalf("n=%d: bad first bytes %x", n, f[:2])
+		}
+		hdr := 2
+		switch f[1] & 0x7f {
+		case 126:
+			hdr += 2
+		case 127:
+			hdr += 8
+		}
+		key := f[hdr : hdr+4]
+		body := f[hdr+4:]
+		if len(body) != n {
+			t.Fatalf("n=%d: body of %d bytes", n, len(body))
+		}
+		for i := range body {
+			if body[i]^key[i&3] != payload[i] {
+				t.Fatalf("n=%d: byte %d unmasks wrong", n, i)
+			}
+		}
+	}
+}

@@ -1,0 +1,662 @@
+"""epws as uvicorn's WebSocket implementation: ``uvicorn app:app --ws epws.asgi:WebSocketProtocol``.
+
+uvicorn takes the class of its WebSocket protocol from ``--ws`` (or ``ws=`` of
+``uvicorn.run`` / ``uvicorn.Config``), and any import string works there. Its HTTP
+protocol parses a request, sees an upgrade, builds the class with
+``(config=..., server_state=..., app_state=...)``, calls ``connection_made(transport)``,
+makes it the transport's protocol and feeds it the request head with
+``data_received``. This module is that class, so a FastAPI or Starlette app (any ASGI
+app) runs on epws unchanged: the ASGI HTTP & WebSocket spec 2.5 with the
+``websocket.http.response`` (denial response) extension.
+
+Nothing here is a second WebSocket implementation. The request head is parsed by
+:class:`~epws.protocol.handshake.RequestParser` and checked by
+:func:`~epws.protocol.handshake.check_request`, compression is negotiated by
+:meth:`~epws.PerMessageDeflate.server_negotiate`, the 101 is built by
+:func:`~epws.protocol.handshake.build_response`, and after the 101 the transport
+belongs to an :class:`~epws.asyncio.conn.Conn`, exactly as under :func:`epws.serve`:
+the same read limit (1009 before an oversize message is buffered), the same
+strictness (1002/1007 for protocol errors), the same flow control both ways (reading
+pauses when ``ws_max_queue`` messages wait unread or the peer does not read our
+output; the app's ``send`` waits while the write buffer is over its high-water mark).
+This class only translates between ASGI events and the Conn.
+
+uvicorn is never imported: ``config`` and ``server_state`` are used through the
+attributes listed in :class:`UvicornConfig` and :class:`UvicornServerState`, so
+``import epws`` and ``import epws.asgi`` cost nothing without uvicorn.
+
+Where uvicorn's own implementations (``websockets``, ``websockets-sansio``,
+``wsproto``) differ from each other or from the spec, this one follows the spec;
+docs/asgi.md lists the differences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, MutableSet
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from .asyncio.conn import Conn
+from .exceptions import ConnectionClosed, HandshakeError
+from .protocol.connection import Connection, MessageCodec, Side
+from .protocol.deflate import PerMessageDeflate
+from .protocol.handshake import (
+    Request,
+    RequestParser,
+    build_http_response,
+    build_response,
+    check_request,
+    parse_token_list,
+)
+
+__all__ = [
+    "ClientDisconnected",
+    "UvicornConfig",
+    "UvicornServerState",
+    "WebSocketProtocol",
+]
+
+# uvicorn's own implementations log their access lines and the app's failures here;
+# using the same logger keeps uvicorn's logging configuration working unchanged.
+logger = logging.getLogger("uvicorn.error")
+
+Scope = dict[str, Any]
+Message = MutableMapping[str, Any]
+# An app returns None; uvicorn logs anything else, and so does this module.
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[object],
+]
+
+#: Seconds the closing handshake may take, as in uvicorn's implementations (which
+#: hard-code the same 10 s): after it the connection is dropped.
+CLOSE_TIMEOUT = 10.0
+
+# Phases of one connection.
+_HANDSHAKE = 0  # request parsed, the app has not answered yet
+_OPEN = 1  # accepted: the Conn owns the transport
+_RESPONSE = 2  # the app is sending a denial response
+_DONE = 3  # refused, denial response sent, or connection gone before accepting
+
+# Pre-accept input is a client error (RFC 6455 §4.1: it waits for the 101); a little
+# is kept for the Conn, and reading pauses once any arrives.
+_EARLY_LIMIT = 65536
+
+
+class UvicornConfig(Protocol):
+    """The attributes of ``uvicorn.Config`` this module reads."""
+
+    loaded: bool
+    loaded_app: Any
+    root_path: str
+    asgi_version: str
+    ws_max_size: int
+    ws_max_queue: int
+    ws_ping_interval: float | None
+    ws_ping_timeout: float | None
+    ws_per_message_deflate: bool
+
+    def load(self) -> None: ...
+
+
+class UvicornServerState(Protocol):
+    """The attributes of ``uvicorn.server.ServerState`` this module uses.
+
+    ``connections`` holds every protocol object whose TCP connection is open (uvicorn's
+    graceful shutdown calls their ``shutdown()`` and waits for the set to empty);
+    ``tasks`` the running apps (it waits for them too); ``default_headers`` the
+    ``server`` and ``date`` headers of every response.
+    """
+
+    connections: MutableSet[Any]
+    tasks: MutableSet[asyncio.Task[None]]
+    default_headers: list[tuple[bytes, bytes]]
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send`` when the connection is closed (ASGI spec 2.4).
+
+    An :class:`OSError`, as the spec asks, so frameworks map it to their own
+    disconnect (Starlette raises ``WebSocketDisconnect``). When it escapes the app it
+    is not logged: the client leaving is not an error of the app.
+    """
+
+
+def _address(transport: asyncio.BaseTransport, name: str) -> tuple[str, int | None] | None:
+    info = transport.get_extra_info(name)
+    if isinstance(info, (tuple, list)) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str) and name == "sockname":
+        return (info, None)  # a unix socket's path (ASGI: [path, None])
+    return None
+
+
+def _headers(items: Iterable[tuple[bytes, bytes]], what: str) -> list[tuple[str, str]]:
+    """ASGI headers (byte pairs) as the str pairs epws's builders take, checked."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        name, value = item
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise TypeError(f"{what} headers must be pairs of bytes, got {item!r}")
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    return out
+
+
+def _merge_default(
+    defaults: list[tuple[bytes, bytes]], given: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """uvicorn's ``server``/``date`` headers first, unless the app gives its own."""
+    names = {name.lower() for name, _ in given}
+    out = [
+        (n.decode("latin-1"), v.decode("latin-1"))
+        for n, v in defaults
+        if n.decode("latin-1").lower() not in names
+    ]
+    return out + given
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection under uvicorn, from the request head to the end.
+
+    Until the app accepts, this object is the transport's protocol: it parses and
+    checks the request, runs the app, and answers ``websocket.close`` with 403, a
+    failure with 500 and ``websocket.http.response.*`` with the app's response. On
+    ``websocket.accept`` it writes the 101 and hands the transport to a
+    :class:`~epws.asyncio.conn.Conn` with uvicorn's settings (``ws_max_size`` the read
+    limit, ``ws_max_queue`` the unread messages before reading pauses,
+    ``ws_per_message_deflate`` whether compression is negotiated); it keeps the
+    keepalive (``ws_ping_interval``/``ws_ping_timeout``) and the ASGI translation.
+    It stays in ``server_state.connections`` until TCP is gone, so uvicorn's graceful
+    shutdown reaches it: :meth:`shutdown` closes an open WebSocket with 1012.
+    """
+
+    def __init__(
+        self,
+        config: UvicornConfig,
+        server_state: UvicornServerState,
+        app_state: dict[str, Any] | None = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app: ASGIApp = config.loaded_app
+        self.loop = _loop or asyncio.get_running_loop()
+        self.app_state = app_state if app_state is not None else {}
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers = server_state.default_headers
+        self.transport: asyncio.Transport | None = None
+        self.scope: Scope | None = None
+        self.conn: Conn | None = None
+        self._parser: RequestParser | None = RequestParser()
+        self._request: Request | None = None
+        self._key = ""
+        self._codec: MessageCodec | None = None
+        self._extensions: str | None = None
+        self._phase = _HANDSHAKE
+        self._connect_sent = False
+        self._lost = False
+        self._lost_waiter: asyncio.Future[None] | None = None
+        self._early = bytearray()  # frames sent before the 101 (a client error)
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        # Denial response: the head waits for the first body message, to know whether
+        # the whole body is in it (Content-Length) or more follows (chunked).
+        self._response: tuple[int, list[tuple[str, str]]] | None = None
+        self._chunked = False
+        self._disconnect: dict[str, Any] | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+
+    # ------------------------------------------------------------ before the 101
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            # The client must wait for our answer before sending frames (RFC 6455
+            # §4.1); keep a little for the Conn to judge, and stop reading.
+            if self._phase == _HANDSHAKE and len(self._early) < _EARLY_LIMIT:
+                self._early += data
+                assert self.transport is not None
+                self.transport.pause_reading()
+            return
+        try:
+            request = parser.feed(data)
+            if request is None:
+                return
+            self._parser = None
+            self._key = check_request(request)
+            if self.config.ws_per_message_deflate:
+                self._codec, self._extensions = PerMessageDeflate().server_negotiate(request)
+        except HandshakeError as exc:
+            self._parser = None
+            self._refuse(exc.status, (str(exc) + "\n").encode(), exc.headers)
+            return
+        self._request = request
+        if parser.rest:
+            self.data_received(parser.rest)
+        self._start_app(request)
+
+    def _start_app(self, request: Request) -> None:
+        transport = self.transport
+        assert transport is not None
+        raw_path, _, query = request.target.partition("?")
+        root = self.config.root_path
+        headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in request.headers]
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.config.asgi_version, "spec_version": "2.5"},
+            "http_version": "1.1",
+            "scheme": "wss" if transport.get_extra_info("sslcontext") else "ws",
+            "server": _address(transport, "sockname"),
+            "client": _address(transport, "peername"),
+            "root_path": root,
+            "path": root + unquote(raw_path),
+            "raw_path": root.encode("ascii") + raw_path.encode("ascii"),
+            "query_string": query.encode("ascii"),
+            "headers": headers,
+            "subprotocols": parse_token_list(request.headers.get_all("Sec-WebSocket-Protocol")),
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        task = self.loop.create_task(self._run_app())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _refuse(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """A plain HTTP answer instead of the 101, then close."""
+        transport = self.transport
+        if self._phase != _DONE:
+            self._phase = _DONE
+            if transport is not None and not transport.is_closing():
+                merged = _merge_default(self.default_headers, list(headers))
+                transport.write(build_http_response(status, body=body, headers=merged))
+                transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # before the 101 a half-close ends the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Only called before the 101 (afterwards the Conn is the protocol).
+        self._gone()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _gone(self) -> None:
+        """TCP is gone (before or after the 101): leave uvicorn's set, wake receive."""
+        if self._lost:
+            return
+        self._lost = True
+        self._parser = None
+        if self._phase != _OPEN:
+            self._phase = _DONE
+        self.connections.discard(self)
+        self._stop_keepalive()
+        for waiter in (self._lost_waiter, self._drain_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------ uvicorn's shutdown
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close with 1012 (Service Restart).
+
+        A connection the app has not answered yet gets 503 (uvicorn's own
+        implementations send 500, which blames the app for the server's restart).
+        The app's ``receive`` then gives ``websocket.disconnect`` with 1012 once the
+        client has answered the close frame (within the close timeout).
+        """
+        self._stop_keepalive()
+        conn = self.conn
+        if conn is not None:
+            conn.close_nowait(1012)
+        elif self._phase == _HANDSHAKE:
+            self._refuse(503, b"Service Unavailable\n")
+        elif self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------ the app
+
+    async def _run_app(self) -> None:
+        scope = self.scope
+        assert scope is not None
+        try:
+            result = await self.app(scope, self.receive, self.send)
+        except ClientDisconnected:
+            self._end(1000)
+        except asyncio.CancelledError:
+            # uvicorn cancels apps still running when the graceful shutdown times out.
+            self._end(1012)
+            raise
+        except BaseException:
+            logger.exception("Exception in ASGI application\n")
+            self._end(1011)
+        else:
+            if self._phase == _HANDSHAKE:
+                logger.error("ASGI callable returned without completing handshake.")
+            elif result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+            self._end(1000)
+
+    def _end(self, code: int) -> None:
+        """The app is finished: nothing may stay open for it.
+
+        Not answered yet: 500 (the app failed to decide). Open: a close frame with
+        ``code`` (1000 when the app returned, 1011 when it raised) unless one is out
+        already. A denial response cut short: TCP is closed.
+        """
+        if self._phase == _HANDSHAKE:
+            self._refuse(500, b"Internal Server Error\n")
+        elif self._phase == _OPEN:
+            conn = self.conn
+            assert conn is not None
+            conn.close_nowait(code, "internal error" if code == 1011 else "")
+        elif self._phase == _RESPONSE and self.transport is not None:
+            self.transport.close()
+            self._phase = _DONE
+
+    async def receive(self) -> Message:
+        """The next ASGI event: ``websocket.connect`` first, then messages, then the end."""
+        if not self._connect_sent:
+            self._connect_sent = True
+            return {"type": "websocket.connect"}
+        conn = self.conn
+        if conn is None:
+            # Not accepted (yet): the only thing that can happen is the end.
+            if not self._lost and self._phase != _DONE:
+                waiter = self._lost_waiter
+                if waiter is None:
+                    waiter = self._lost_waiter = self.loop.create_future()
+                await asyncio.shield(waiter)
+                if self.conn is not None:
+                    return await self.receive()
+            return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+        disconnect = self._disconnect
+        if disconnect is not None:
+            return dict(disconnect)
+        try:
+            data = await conn.recv()
+        except ConnectionClosed as exc:
+            disconnect = self._disconnect = self._disconnect_event(exc)
+            return dict(disconnect)
+        if type(data) is str:
+            return {"type": "websocket.receive", "text": data}
+        return {"type": "websocket.receive", "bytes": data}
+
+    def _disconnect_event(self, exc: ConnectionClosed) -> dict[str, Any]:
+        """The code the app sees: the client's close code, else ours, else 1006.
+
+        RFC 6455 §7.1.5 names the code received; when none came because we failed
+        the connection (1009 over ``ws_max_size``, 1002, 1007) or closed it and the
+        client vanished, our code tells the app more than 1006 would, as uvicorn's
+        ``wsproto`` implementation does.
+        """
+        if exc.rcvd_code is not None:
+            return {
+                "type": "websocket.disconnect",
+                "code": exc.rcvd_code,
+                "reason": exc.rcvd_reason,
+            }
+        if exc.sent_code is not None:
+            return {
+                "type": "websocket.disconnect",
+                "code": exc.sent_code,
+                "reason": exc.sent_reason,
+            }
+        return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+
+    async def send(self, message: Message) -> None:
+        """Carry out one ASGI event of the app; errors in the event raise here."""
+        kind = message["type"]
+        phase = self._phase
+        if phase == _OPEN:
+            conn = self.conn
+            assert conn is not None
+            if kind == "websocket.send":
+                data = message.get("bytes")
+                text = message.get("text")
+                if (data is None) == (text is None):
+                    raise TypeError("websocket.send needs exactly one of 'bytes' and 'text'")
+                if data is None:
+                    if not isinstance(text, str):
+                        raise TypeError(f"websocket.send 'text' must be str, got {type(text)}")
+                    data = text
+                elif not isinstance(data, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"websocket.send 'bytes' must be bytes, got {type(data)}")
+                try:
+                    await conn.send(data)
+                except ConnectionClosed as exc:
+                    raise ClientDisconnected(str(exc)) from exc
+                return
+            if kind == "websocket.close":
+                if conn.closed:
+                    raise ClientDisconnected("the connection is closed")
+                conn.close_nowait(message.get("code", 1000), message.get("reason") or "")
+                return
+            raise RuntimeError(
+                f"expected ASGI message 'websocket.send' or 'websocket.close', got {kind!r}"
+            )
+        if self._lost:
+            raise ClientDisconnected("the connection is closed")
+        if phase == _HANDSHAKE:
+            if kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                self._log(403)
+                self._refuse(403, b"")
+            elif kind == "websocket.http.response.start":
+                self._start_response(message)
+            else:
+                raise RuntimeError(
+                    "expected ASGI message 'websocket.accept', 'websocket.close' or "
+                    f"'websocket.http.response.start', got {kind!r}"
+                )
+            return
+        if phase == _RESPONSE:
+            if kind != "websocket.http.response.body":
+                raise RuntimeError(f"expected 'websocket.http.response.body', got {kind!r}")
+            await self._response_body(message)
+            return
+        raise RuntimeError(f"unexpected ASGI message {kind!r}: the response is complete")
+
+    def _log(self, what: object) -> None:
+        scope = self.scope
+        if scope is None or not logger.isEnabledFor(logging.INFO):
+            return
+        client = scope["client"]
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("ascii")
+        who = f"{client[0]}:{client[1]}" if client else ""
+        logger.info('%s - "WebSocket %s" %s', who, target.replace('"', "%22"), what)
+
+    # ------------------------------------------------------------ accepting
+
+    def _accept(self, message: Message) -> None:
+        request = self._request
+        transport = self.transport
+        scope = self.scope
+        assert request is not None and transport is not None and scope is not None
+        subprotocol = message.get("subprotocol")
+        if subprotocol is not None and subprotocol not in scope["subprotocols"]:
+            # The client would fail the connection (RFC 6455 §4.1): say so to the app.
+            raise ValueError(
+                f"subprotocol {subprotocol!r} was not offered by the client "
+                f"(offered: {scope['subprotocols']!r})"
+            )
+        headers = _headers(message.get("headers") or (), "websocket.accept")
+        for name, _ in headers:
+            if name.lower() == "sec-websocket-protocol":
+                raise ValueError("websocket.accept headers must not set sec-websocket-protocol")
+        response = build_response(
+            self._key,
+            subprotocol=subprotocol,
+            extensions=self._extensions,
+            extra_headers=_merge_default(self.default_headers, headers),
+        )
+        self._log("[accepted]")
+        proto = Connection(Side.SERVER, max_size=self.config.ws_max_size, codec=self._codec)
+        conn = Conn(
+            proto,
+            max_queue=self.config.ws_max_queue,
+            close_timeout=CLOSE_TIMEOUT,
+            subprotocol=subprotocol,
+            request=request,
+        )
+        request.headers.compact()
+        self._request = None
+        transport.write(response)
+        self._phase = _OPEN
+        self.conn = conn
+        conn.on_close = self._conn_closed
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        early = self._early
+        if early:
+            # Reading was paused on the early bytes: the Conn parses them under its
+            # own rules and resumes reading only if none of them holds it.
+            self._early = bytearray()
+            conn._inbound.hand_over(bytes(early))
+        waiter = self._lost_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # a receive() waiting before the accept reads on
+        self._start_keepalive()
+
+    def _conn_closed(self, exc: ConnectionClosed) -> None:
+        self._gone()
+
+    # ------------------------------------------------------------ keepalive
+
+    def _start_keepalive(self) -> None:
+        interval = self.config.ws_ping_interval
+        if interval:
+            conn = self.conn
+            assert conn is not None
+            conn.pong_handler = self._on_pong
+            self._ping_timer = self.loop.call_later(interval, self._send_ping)
+
+    def _stop_keepalive(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_timer = None
+        self._ping_payload = None
+
+    def _send_ping(self) -> None:
+        """Timer callback: ping, and fail the connection if no pong comes in time.
+
+        It writes the frame through the Conn's corked writer (``Conn.ping`` is a
+        coroutine, and a task per ping per connection would cost more than the ping).
+        """
+        self._ping_timer = None
+        conn = self.conn
+        if conn is None or conn.closed or conn._proto.close_sent is not None:
+            return
+        payload = self._ping_payload = os.urandom(4)
+        conn._write(conn._proto.send_ping(payload))
+        timeout = self.config.ws_ping_timeout
+        if timeout:
+            self._pong_timer = self.loop.call_later(timeout, self._pong_missing)
+        else:
+            self._ping_timer = self.loop.call_later(
+                self.config.ws_ping_interval or 0, self._send_ping
+            )
+
+    def _on_pong(self, payload: bytes) -> None:
+        if payload != self._ping_payload:
+            return  # unsolicited, or an older ping's
+        self._ping_payload = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+            self._ping_timer = self.loop.call_later(
+                self.config.ws_ping_interval or 0, self._send_ping
+            )
+
+    def _pong_missing(self) -> None:
+        self._pong_timer = None
+        self._ping_payload = None
+        conn = self.conn
+        if conn is not None:
+            logger.debug("WebSocket keepalive ping timeout")
+            conn.close_nowait(1011, "keepalive ping timeout")
+
+    # ------------------------------------------------------------ denial response
+
+    def _start_response(self, message: Message) -> None:
+        status = message["status"]
+        if not isinstance(status, int) or not 100 <= status <= 599 or status == 101:
+            raise RuntimeError(f"invalid HTTP status {status!r} for a denial response")
+        headers = _headers(message.get("headers") or (), "websocket.http.response.start")
+        self._log(status)
+        self._response = (status, headers)
+        self._phase = _RESPONSE
+
+    async def _response_body(self, message: Message) -> None:
+        body = message.get("body", b"")
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"websocket.http.response.body 'body' must be bytes, got {type(body)}")
+        body = bytes(body)
+        more = bool(message.get("more_body", False))
+        transport = self.transport
+        assert transport is not None
+        head = self._response
+        out: list[bytes] = []
+        if head is not None:
+            self._response = None
+            status, given = head
+            framing = {"content-length", "transfer-encoding", "connection"}
+            has_length = any(n.lower() == "content-length" for n, _ in given)
+            content_type = next(
+                (v for n, v in given if n.lower() == "content-type"), "text/plain; charset=utf-8"
+            )
+            kept = [(n, v) for n, v in given if n.lower() not in framing | {"content-type"}]
+            if more and not has_length:
+                self._chunked = True
+                kept.append(("Transfer-Encoding", "chunked"))
+            elif more:
+                kept += [(n, v) for n, v in given if n.lower() == "content-length"]
+            data = build_http_response(
+                status,
+                body=b"" if more else body,
+                content_type=content_type,
+                headers=_merge_default(self.default_headers, kept),
+            )
+            if more:
+                # build_http_response framed an empty body; the real framing is kept.
+                data = data.replace(b"Content-Length: 0\r\n", b"", 1)
+            out.append(data)
+            if not more:
+                body = b""
+        if self._chunked:
+            if body:
+                out.append(b"%x\r\n%s\r\n" % (len(body), body))
+            if not more:
+                out.append(b"0\r\n\r\n")
+        elif body:
+            out.append(body)
+        if not transport.is_closing():
+            transport.writelines(out)
+        if not more:
+            self._phase = _DONE
+            transport.close()
+        elif self._write_paused and not self._lost:
+            waiter = self._drain_waiter = self.loop.create_future()
+            await waiter
+            self._drain_waiter = None
