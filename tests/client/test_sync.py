@@ -5,6 +5,7 @@ an epws server (on a loop in a thread) and the ``websockets`` library's sync ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -276,3 +277,100 @@ def test_redirect_to_another_origin_drops_credentials() -> None:
             with epws.sync.connect(f"ws://127.0.0.1:{first.port}/", headers=headers):
                 pass
     assert seen == [(None, "t1")]
+
+
+def _handshake_only_server() -> tuple[socket.socket, Any]:
+    """A raw server thread: answers the upgrade, then runs ``then(peer)``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(then: Any) -> threading.Thread:
+        def run() -> None:
+            from epws.protocol.handshake import accept_key
+
+            peer, _ = listener.accept()
+            with peer:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += peer.recv(4096)
+                key = next(
+                    line.split(b":", 1)[1].strip().decode()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key")
+                )
+                peer.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n"
+                    + f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
+                )
+                then(peer)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    return listener, serve
+
+
+def test_unsolicited_pongs_are_not_kept() -> None:
+    """A server sending pongs nobody asked for must not make the client hoard them."""
+    import tracemalloc
+
+    listener, serve = _handshake_only_server()
+    count = 10_000
+
+    # 10 000 pongs of 125 bytes, each payload distinct, built before measuring.
+    frames = b"".join(b"\x8a\x7d" + i.to_bytes(4, "big") + b"p" * 121 for i in range(count))
+
+    def flood(peer: socket.socket) -> None:
+        peer.sendall(frames + b"\x81\x04done")
+        peer.recv(1024)  # until the client closes
+
+    thread = serve(flood)
+    try:
+        conn = epws.sync.connect(f"ws://127.0.0.1:{listener.getsockname()[1]}/")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            assert conn.recv(timeout=60) == "done"  # tracemalloc is slow
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        conn.socket.close()
+        assert kept < 200_000, f"{kept} bytes kept after {count} unsolicited pongs"
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+def test_keepalive_measures_latency_and_fails_a_deaf_peer() -> None:
+    with ThreadedServer(echo) as srv:
+        conn = epws.sync.connect(f"ws://127.0.0.1:{srv.port}/", ping_interval=0.1)
+        with conn:
+            with pytest.raises(TimeoutError):
+                conn.recv(timeout=0.5)  # pings went out and were answered meanwhile
+            assert conn.latency is not None
+            assert 0 <= conn.latency < 0.5
+            conn.send("still open")
+            assert conn.recv(timeout=5) == "still open"
+
+    listener, serve = _handshake_only_server()
+
+    def deaf(peer: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while peer.recv(4096):
+                pass  # reads everything, answers nothing
+
+    thread = serve(deaf)
+    try:
+        conn = epws.sync.connect(
+            f"ws://127.0.0.1:{listener.getsockname()[1]}/", ping_interval=0.2, ping_timeout=0.3
+        )
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosedError) as info:
+            conn.recv(timeout=10)
+        elapsed = time.monotonic() - started
+        assert info.value.sent_code == 1011
+        assert 0.45 <= elapsed < 5  # interval + timeout, not the 10 s recv timeout
+    finally:
+        thread.join(10)
+        listener.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import socket
 import ssl as ssl_module
 import threading
@@ -77,16 +78,27 @@ class ClientConnection:
         subprotocol: str | None,
         rest: bytes,
         close_timeout: float,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
     ) -> None:
         self.socket = sock
         self.response = response
         self.subprotocol = subprotocol
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_interval if ping_timeout is None else ping_timeout
+        #: The last round trip measured by a ping (``ping()`` or keepalive), in seconds.
+        self.latency: float | None = None
         self._proto = proto
         self._lock = threading.Lock()
         self._reading = threading.Lock()
         self._messages: collections.deque[str | bytes] = collections.deque()
+        # Pings waiting for their pong: payload -> when sent, then when answered.
+        # Only payloads we sent are recorded, so unsolicited pongs cost nothing.
+        self._pings: dict[bytes, float] = {}
         self._pongs: dict[bytes, float] = {}
+        self._keepalive: bytes | None = None
+        self._last_read = time.monotonic()
         self._eof = False
         self._closed = False
         if rest:
@@ -133,7 +145,11 @@ class ClientConnection:
                 if kind is str or kind is bytes:
                     self._messages.append(ev)  # type: ignore[arg-type]
                 elif kind is Pong:
-                    self._pongs[ev.payload] = time.monotonic()  # type: ignore[union-attr]
+                    sent = self._pings.pop(ev.payload, None)  # type: ignore[union-attr]
+                    if sent is not None:
+                        now = time.monotonic()
+                        self.latency = now - sent
+                        self._pongs[ev.payload] = now  # type: ignore[union-attr]
                 elif kind is Close:
                     out += proto.close_reply()
                 elif kind is Failure:
@@ -165,7 +181,43 @@ class ClientConnection:
             raise TimeoutError("timed out waiting for a message") from None
         except OSError:
             data = b""
+        self._last_read = time.monotonic()
         self._feed(data)
+
+    def _keepalive_due(self) -> float | None:
+        """Ping when the peer has been quiet for ping_interval; fail when the pong is
+        later than ping_timeout. Returns when to look again (None: no keepalive).
+
+        Runs only while the application waits in recv(): a blocking client has no
+        thread to do it otherwise (and needs none: a script that does not read does
+        not care whether the peer is alive until it reads again).
+        """
+        interval = self.ping_interval
+        if not interval:
+            return None
+        now = time.monotonic()
+        payload = self._keepalive
+        if payload is not None and payload not in self._pings:
+            self._pongs.pop(payload, None)
+            self._keepalive = payload = None  # answered
+        if payload is None:
+            if now - self._last_read < interval:
+                return self._last_read + interval
+            payload = os.urandom(4)
+            with self._lock:
+                if self._proto.close_sent is not None or self._eof:
+                    return None
+                self._pings[payload] = now
+                self._send_raw(self._proto.send_ping(payload))
+            self._keepalive = payload
+            return now + (self.ping_timeout or interval)
+        due = self._pings[payload] + (self.ping_timeout or interval)
+        if now < due:
+            return due
+        with self._lock:
+            self._send_raw(self._proto.fail(1011, "keepalive ping timeout"))
+        self._shut()
+        return None
 
     def recv(self, timeout: float | None = None) -> str | bytes:
         """The next message: ``str`` for text, ``bytes`` for binary.
@@ -183,7 +235,16 @@ class ClientConnection:
                 if self._closed or self._eof or self._proto.close_rcvd is not None:
                     self._finish(deadline)
                     raise self._closed_error()
-                self._read_once(deadline)
+                wake = self._keepalive_due()
+                if self._closed:
+                    continue  # the keepalive failed the connection
+                if wake is None or (deadline is not None and deadline <= wake):
+                    self._read_once(deadline)
+                    continue
+                try:
+                    self._read_once(wake)
+                except TimeoutError:
+                    continue  # time for the keepalive, not the caller's deadline
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Messages until the connection closes; a clean close ends the loop quietly."""
@@ -216,14 +277,19 @@ class ClientConnection:
                 raise self._closed_error()
             self._pongs.pop(data, None)
             sent = time.monotonic()
+            self._pings[data] = sent
             self.socket.sendall(self._proto.send_ping(data))
         deadline = None if timeout is None else sent + timeout
-        with self._reading:
-            while data not in self._pongs:
-                if self._closed or self._eof or self._proto.close_rcvd is not None:
-                    raise self._closed_error()
-                self._read_once(deadline)
-        return self._pongs.pop(data) - sent
+        try:
+            with self._reading:
+                while data not in self._pongs:
+                    if self._closed or self._eof or self._proto.close_rcvd is not None:
+                        raise self._closed_error()
+                    self._read_once(deadline)
+            return self._pongs[data] - sent
+        finally:
+            self._pings.pop(data, None)
+            self._pongs.pop(data, None)
 
     # ------------------------------------------------------------ closing
 
@@ -284,12 +350,19 @@ def connect(
     proxy_ssl: ssl_module.SSLContext | None = None,
     max_redirects: int = 10,
     unix_path: str | None = None,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = None,
 ) -> ClientConnection:
     """Open a WebSocket connection and return it, blocking.
 
     The options mean what they mean on :class:`epws.Dialer` (``open_timeout`` is its
     ``handshake_timeout``); proxies (HTTP CONNECT, and SOCKS with python-socks),
     redirects and the limits are the same.
+
+    Keepalive (off by default): with ``ping_interval``, a :meth:`~ClientConnection.recv`
+    that has seen nothing from the server for that long sends a ping, and fails the
+    connection with 1011 when the pong is ``ping_timeout`` (default: the interval)
+    late; :attr:`ClientConnection.latency` is the last round trip.
 
     Raises what :meth:`epws.Dialer.dial` raises.
     """
@@ -312,6 +385,8 @@ def connect(
             unix_path=unix_path,
         )
         if isinstance(outcome, ClientConnection):
+            outcome.ping_interval = ping_interval
+            outcome.ping_timeout = ping_interval if ping_timeout is None else ping_timeout
             return outcome
         if unix_path is not None:
             raise HandshakeError(
