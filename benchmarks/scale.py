@@ -109,12 +109,26 @@ def rss_kb_of(pids: list[int]) -> int:
     return total
 
 
+def sockets_of(pids: list[int]) -> int:
+    """How many sockets these processes hold open (their connections, mostly)."""
+    n = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{p}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith("socket:"):
+                        n += 1
+    return n
+
+
 def snapshot(server_pid: int, gen_pids: list[int]) -> dict[str, Any]:
     m, s = meminfo(), sockstat()
     pids = tree_pids(server_pid)
     return {
         "server_rss_kb": rss_kb_of(pids),  # the supervisor and its workers, if any
         "server_processes": len(pids),
+        "server_sockets": sockets_of(pids),
+        "gen_sockets": sockets_of(gen_pids),
         "gen_rss_kb": rss_kb_of(gen_pids),
         "slab_kb": m["Slab"],
         "sunreclaim_kb": m["SUnreclaim"],
@@ -369,15 +383,20 @@ def run(
             gen_pids = [g.proc.pid for g in gen_list]
             after = snapshot(server.pid, gen_pids)
             result["before"], result["after"] = before, after
-            held = max(result["joined"], 1)
+            # Per connection the server really holds (it may have dropped some), and,
+            # for the kernel, per pair of sockets it allocated (both ends).
+            held = max(after["server_sockets"] - before["server_sockets"], 1)
+            pairs = max((after["tcp_alloc"] - before["tcp_alloc"]) / 2, 1)
+            result["server_held"] = held
             result["server_kb_per_conn"] = (
                 (after["server_rss_kb"] - before["server_rss_kb"]) * 1.024 / held
             )
-            result["slab_kb_per_conn"] = (after["slab_kb"] - before["slab_kb"]) * 1.024 / held
+            result["slab_kb_per_conn"] = (after["slab_kb"] - before["slab_kb"]) * 1.024 / pairs
             result["tcp_buf_kb_per_conn"] = (
-                (after["tcp_mem_pages"] - before["tcp_mem_pages"]) * 4.096 / held
+                (after["tcp_mem_pages"] - before["tcp_mem_pages"]) * 4.096 / pairs
             )
-            result["gen_kb_per_conn"] = after["gen_rss_kb"] * 1.024 / held
+            result["gen_kb_per_conn"] = after["gen_rss_kb"] * 1.024 / max(after["gen_sockets"], 1)
+            log(f"the server holds {held:,} connections, the generators {after['gen_sockets']:,}")
             log(
                 f"memory per connection: server {result['server_kb_per_conn']:.2f} KB, "
                 f"kernel slab {result['slab_kb_per_conn']:.2f} KB (both ends), "

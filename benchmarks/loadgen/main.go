@@ -1084,8 +1084,12 @@ func (st *scaleState) read(sc *scaleConn, talker bool) {
 	c := sc.c
 	c.SetPingHandler(func(data string) error {
 		st.pings.Add(1)
-		err := c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(10*time.Second))
-		if err == websocket.ErrCloseSent {
+		err := c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(30*time.Second))
+		// As gorilla's own ping handler: a pong that could not be written in time (a
+		// starved generator) is not a reason to stop reading; the server's pong wait
+		// decides. Returning the error would end this reader and leave the connection
+		// to be dropped by the server as if it had gone silent.
+		if ne, ok := err.(net.Error); err == websocket.ErrCloseSent || (ok && ne.Timeout()) {
 			return nil
 		}
 		return err
@@ -1102,6 +1106,7 @@ func (st *scaleState) read(sc *scaleConn, talker bool) {
 				}
 				st.firstDrop.CompareAndSwap(nil, err.Error())
 			}
+			hardClose(c) // release the descriptor: the server is done with it
 			return
 		}
 		t, wall := now(), time.Now().UnixNano()
