@@ -144,6 +144,28 @@ def _redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+class _RoomState:
+    """Everything the broker knows about one room with local members: one record
+    instead of parallel dicts, so joining, leaving and re-joining cannot leave them
+    out of step (a re-joined room is a NEW record, never ready by accident)."""
+
+    __slots__ = ("channel", "last", "log_key", "name", "ready")
+
+    def __init__(self, name: str, channel: bytes, log_key: bytes) -> None:
+        self.name = name
+        self.channel = channel
+        self.log_key = log_key
+        #: Set once the subscription is live and ``last`` is known.
+        self.ready = asyncio.Event()
+        #: The newest id delivered (key, raw), from which a reconnection fills the gap.
+        self.last: tuple[_IdKey, bytes] | None = None
+
+    def advance(self, raw: bytes) -> None:
+        key = _id_key(raw)
+        if self.last is None or key > self.last[0]:
+            self.last = (key, raw)
+
+
 class RedisBroker:
     """The chat's broker for several processes: Redis pub/sub + a capped stream per room.
 
@@ -220,11 +242,12 @@ class RedisBroker:
         self._closed = False
         # Subscriptions: wanted (local members), sent on the current connection, and
         # per room an event set once it is live (see _sync_subscriptions).
-        self._rooms: set[str] = set()
+        # One record per room with local members (see _RoomState), and an index of
+        # them by channel for the listener; _sent: the rooms subscribed on the current
+        # connection (a room left may still be there until its UNSUBSCRIBE is sent).
+        self._rooms: dict[str, _RoomState] = {}
+        self._channels: dict[bytes, _RoomState] = {}
         self._sent: set[str] = set()
-        self._ready: dict[str, asyncio.Event] = {}
-        self._channels: dict[bytes, str] = {}
-        self._last: dict[str, tuple[_IdKey, bytes]] = {}  # last id delivered per room
         self._conn: AbstractConnection | None = None
         self._up = False
         self._up_event: asyncio.Event | None = None
@@ -315,24 +338,21 @@ class RedisBroker:
     def subscribe(self, room: str) -> None:
         if room in self._rooms:
             return
-        self._rooms.add(room)
-        self._channels[self._channel(room)] = room
-        # Not ready until the syncer (or the listener's resubscription) has made the
-        # room live again, even if the connection never unsubscribed it: a room left
-        # and re-joined while a change is in flight dropped its messages meanwhile.
-        self._ready[room] = asyncio.Event()
+        # A new record, not ready until the syncer (or the listener's resubscription)
+        # has made the room live, even if the connection never unsubscribed it: a
+        # room left and re-joined while a change is in flight dropped its messages.
+        state = _RoomState(room, self._channel(room), self._log_key(room))
+        self._rooms[room] = state
+        self._channels[state.channel] = state
         self._kick_syncer()
 
     def unsubscribe(self, room: str) -> None:
-        if room not in self._rooms:
+        state = self._rooms.pop(room, None)
+        if state is None:
             return
-        self._rooms.discard(room)
-        self._channels.pop(self._channel(room), None)
-        ready = self._ready.pop(room, None)
-        if ready is not None:
-            ready.set()  # nobody waits for a room without members
-        self._last.pop(room, None)  # messages are dropped from now on: no gap to fill
-        self._kick_syncer()
+        self._channels.pop(state.channel, None)
+        state.ready.set()  # nobody waits for a room without members
+        self._kick_syncer()  # its last id goes with the record: no gap to fill
 
     def _kick_syncer(self) -> None:
         if self._up and self._syncer is None and self._loop is not None:
@@ -361,7 +381,7 @@ class RedisBroker:
                 conn = self._conn
                 if conn is None or not conn.is_connected:
                     return  # the listener is reconnecting and will resubscribe
-                new = [r for r in self._rooms if not self._ready[r].is_set()]
+                new = [st for st in self._rooms.values() if not st.ready.is_set()]
                 gone = [r for r in self._sent if r not in self._rooms]
                 if not new and not gone:
                     return
@@ -369,18 +389,17 @@ class RedisBroker:
                     self._sent.difference_update(gone)
                     await conn.send_command("UNSUBSCRIBE", *[self._channel(r) for r in gone])
                 if new:
-                    events = {r: self._ready[r] for r in new}
-                    self._sent.update(new)
-                    await conn.send_command("SUBSCRIBE", *[self._channel(r) for r in new])
+                    self._sent.update(st.name for st in new)
+                    await conn.send_command("SUBSCRIBE", *[st.channel for st in new])
                     await self._barrier()
-                    tops = await self._tops(new)
+                    tops = await self._tops([st.name for st in new])
                     await self._barrier()
-                    for room, top in zip(new, tops, strict=True):
+                    for state, top in zip(new, tops, strict=True):
                         # Still the same membership (not left, maybe re-joined since:
-                        # then a new event, made ready by the next round).
-                        if self._ready.get(room) is events[room] and room in self._sent:
-                            self._advance(room, top)
-                            events[room].set()
+                        # then a new record, made ready by the next round).
+                        if self._rooms.get(state.name) is state and state.name in self._sent:
+                            state.advance(top)
+                            state.ready.set()
         except (RedisError, OSError, BrokerError, TimeoutError, ValueError) as exc:
             if not self._closed and self._up:
                 logger.warning(
@@ -401,12 +420,6 @@ class RedisBroker:
                 pipe.xrevrange(self._log_key(room), count=1)
             results: list[Any] = await pipe.execute()
         return [_top(entries) for entries in results]
-
-    def _advance(self, room: str, raw: bytes) -> None:
-        key = _id_key(raw)
-        last = self._last.get(room)
-        if last is None or key > last[0]:
-            self._last[room] = (key, raw)
 
     # ------------------------------------------------------------- the listener
 
@@ -506,8 +519,8 @@ class RedisBroker:
         if self._up_event is not None:
             self._up_event.clear()
         self._sent.clear()
-        for ready in self._ready.values():
-            ready.clear()
+        for state in self._rooms.values():
+            state.ready.clear()
         barriers, self._barriers = self._barriers, {}
         for future in barriers.values():
             if not future.done():
@@ -537,37 +550,36 @@ class RedisBroker:
     ) -> tuple[AbstractConnection, tuple[int, int]]:
         async with asyncio.timeout(self._timeout):
             await conn.connect()  # type: ignore[no-untyped-call]
-            rooms = list(self._rooms)
+            rooms = list(self._rooms.values())
             if not rooms:
                 return conn, (0, 0)
-            self._sent.update(rooms)
-            await conn.send_command("SUBSCRIBE", *[self._channel(r) for r in rooms])
+            self._sent.update(st.name for st in rooms)
+            await conn.send_command("SUBSCRIBE", *[st.channel for st in rooms])
             buffered: list[tuple[bytes, bytes]] = []
             await self._read_until_pong(conn, b"epws-subscribed", buffered, self._timeout)
             # As in _sync_subscriptions: rooms this process had before fill their gap
             # from their last id; rooms that are new meanwhile start at their top.
-            known = [r for r in rooms if r in self._last]
-            fresh = [r for r in rooms if r not in known]
+            known = [st for st in rooms if st.last is not None]
+            fresh = [st for st in rooms if st.last is None]
             async with self._redis.pipeline(transaction=False) as pipe:
-                for room in known:
-                    key = self._log_key(room)
-                    pipe.xrange(key, self._last[room][1], count=MAX_FILL + 1)
-                    pipe.xinfo_stream(key)
-                for room in fresh:
-                    pipe.xrevrange(self._log_key(room), count=1)
+                for state in known:
+                    assert state.last is not None
+                    pipe.xrange(state.log_key, state.last[1], count=MAX_FILL + 1)
+                    pipe.xinfo_stream(state.log_key)
+                for state in fresh:
+                    pipe.xrevrange(state.log_key, count=1)
                 results: list[Any] = await pipe.execute(raise_on_error=False)
             await self._read_until_pong(conn, b"epws-filled", buffered, self._timeout)
         filled = self._fill(known, results[: 2 * len(known)])
-        for room, entries in zip(fresh, results[2 * len(known) :], strict=True):
+        for state, entries in zip(fresh, results[2 * len(known) :], strict=True):
             if isinstance(entries, Exception):
                 raise entries
-            self._advance(room, _top(entries))
+            state.advance(_top(entries))
         for channel, data in buffered:
             self._on_message(channel, data)
-        for room in rooms:
-            ready = self._ready.get(room)
-            if ready is not None and room in self._sent:
-                ready.set()
+        for state in rooms:
+            if self._rooms.get(state.name) is state and state.name in self._sent:
+                state.ready.set()
         return conn, (len(rooms), filled)
 
     @staticmethod
@@ -589,7 +601,7 @@ class RedisBroker:
                 elif reply[0] == b"pong" and reply[1] == token:
                     return
 
-    def _fill(self, rooms: list[str], results: list[Any]) -> int:
+    def _fill(self, rooms: list[_RoomState], results: list[Any]) -> int:
         """Deliver what each room's stream holds after the last id delivered.
 
         ``results`` holds, per room, the stream read from the last id INCLUSIVE and
@@ -597,9 +609,10 @@ class RedisBroker:
         the stream lost while we were away), the room's members are told.
         """
         count = 0
-        for i, room in enumerate(rooms):
+        for i, state in enumerate(rooms):
+            room = state.name
             entries, info = results[2 * i], results[2 * i + 1]
-            last = self._last.get(room)
+            last = state.last
             if isinstance(entries, Exception):
                 entries = []
             whole = last is None or (
@@ -607,13 +620,13 @@ class RedisBroker:
             )
             for message in self._decode_entries(room, entries):
                 key = _id_key(message.id)
-                last = self._last.get(room)
-                if room not in self._rooms or (last is not None and key <= last[0]):
+                last = state.last
+                if self._rooms.get(room) is not state or (last is not None and key <= last[0]):
                     continue
-                self._last[room] = (key, message.id.encode())
+                state.last = (key, message.id.encode())
                 count += 1
                 self._deliver_one(message)
-            if not whole and room in self._rooms and self._gap is not None:
+            if not whole and self._rooms.get(room) is state and self._gap is not None:
                 logger.warning("redis broker: room %s: messages may have been lost", room)
                 try:
                     self._gap(room)
@@ -651,9 +664,10 @@ class RedisBroker:
         and skipped; an error in ``deliver`` is logged: neither may end the listener,
         which would leave the process deaf while it still looks connected.
         """
-        room = self._channels.get(channel)
-        if room is None:
+        state = self._channels.get(channel)
+        if state is None:
             return  # a room this process left; its UNSUBSCRIBE is on its way
+        room = state.name
         if not isinstance(data, bytes):
             self._bad(BadEntry(f"room {room}: a pub/sub payload that is not a string"))
             return
@@ -664,10 +678,10 @@ class RedisBroker:
             self._bad(exc)
             return
         key = _id_key(raw)
-        last = self._last.get(room)
+        last = state.last
         if last is not None and key <= last[0]:
             return  # already delivered from the stream after a reconnection
-        self._last[room] = (key, raw)
+        state.last = (key, raw)
         self._deliver_one(message)
 
     def _deliver_one(self, message: ChatMessage) -> None:
@@ -751,9 +765,9 @@ class RedisBroker:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._timeout):
                 for room in rooms:
-                    ready = self._ready.get(room)
-                    if ready is not None and not ready.is_set():
-                        await ready.wait()
+                    state = self._rooms.get(room)
+                    if state is not None and not state.ready.is_set():
+                        await state.ready.wait()
 
     async def _barrier(self) -> None:
         """Wait until the listener has delivered every message published before now.
@@ -822,11 +836,11 @@ class RedisBroker:
             raise BrokerError(self._down_reason)
         after_key = _id_key(after) if after else None  # ValueError: the caller checks
         key = self._log_key(room)
-        ready = self._ready.get(room)
+        state = self._rooms.get(room)
         try:
-            if ready is not None and not ready.is_set():
+            if state is not None and not state.ready.is_set():
                 async with asyncio.timeout(self._timeout):
-                    await ready.wait()
+                    await state.ready.wait()
             async with self._redis.pipeline(transaction=False) as pipe:
                 if after is None:
                     pipe.xrevrange(key, b"+", b"-", count=limit)
@@ -837,7 +851,7 @@ class RedisBroker:
                 results: list[Any] = await pipe.execute(raise_on_error=False)
             if isinstance(results[0], Exception):
                 raise results[0]
-            if results[0] and ready is not None and room in self._rooms:
+            if results[0] and state is not None and self._rooms.get(room) is state:
                 await self._barrier()
         except TimeoutError:
             raise BrokerError("Redis did not answer in time") from None
