@@ -242,8 +242,21 @@ def free_port() -> int:
 
 
 def epws_chat_command() -> list[str]:
-    """The real epws-chat from the benchmark venv (benchmarks/run installs the project)."""
-    return [str(Path(sys.executable).parent / "epws-chat")]
+    """The real epws-chat from the benchmark venv (benchmarks/run installs the project).
+
+    Its abuse controls are off: the generator floods from one address on purpose, and
+    with the per-connection rate limit and the connection caps on, the rows would
+    measure the limiter (the peers' servers have none).
+    """
+    return [
+        str(Path(sys.executable).parent / "epws-chat"),
+        "--rate",
+        "0",
+        "--max-connections",
+        "0",
+        "--max-connections-per-address",
+        "0",
+    ]
 
 
 def server_command(
