@@ -51,6 +51,7 @@ __all__ = [
     "Pong",
     "Side",
     "State",
+    "wire_allowance",
 ]
 
 
@@ -122,6 +123,8 @@ class Failure:
         return f"Failure({self.error.code}, {str(self.error)!r})"
 
 
+#: What :meth:`Connection.receive_data` returns a list of: a text message (``str``), a
+#: binary message (``bytes``), or a control-frame or failure event.
 Event = str | bytes | Ping | Pong | Close | Failure
 
 
@@ -178,6 +181,19 @@ _CLOSE = Opcode.CLOSE.value
 _PING = Opcode.PING.value
 _PONG = Opcode.PONG.value
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def wire_allowance(limit: int) -> int:
+    """The most wire bytes a compressed message may take under a read limit of ``limit``.
+
+    A message that inflates within the limit must never be refused for its wire size,
+    so this is zlib's worst case for data that does not compress, at any settings a
+    peer may use (``deflateBound``: about 13% of growth for memLevel 2 and small
+    windows, 4% measured with memLevel 1, 0.03% with zlib's defaults), plus room for
+    the flush block. It used to be ``limit/1024 + 64``: random bytes at the limit
+    from a peer with ``PerMessageDeflate(mem_level=1)`` got 1009.
+    """
+    return limit + (limit >> 3) + (limit >> 8) + (limit >> 9) + 64
 
 
 def _ed_surrogate_pending(decoder: codecs.IncrementalDecoder) -> bool:
@@ -495,12 +511,11 @@ class Connection:
                                 f"is over the read limit of {limit} bytes"
                             )
                     else:
-                        # The wire size of a compressed message counts too, with room
-                        # for deflate's worst-case growth of incompressible data
-                        # (zlib's deflateBound: about n/4096 + 13 bytes), so that
-                        # inflating never has more input than the limit allows.
+                        # The wire size of a compressed message counts too, so that a
+                        # message inflating to (almost) nothing still ends (see
+                        # wire_allowance).
                         wire = self._msg_wire + length
-                        if wire > limit + (limit >> 10) + 64:
+                        if wire > wire_allowance(limit):
                             raise MessageTooBig(
                                 f"compressed message of at least {wire} bytes on the wire "
                                 f"is over the read limit of {limit} bytes"
