@@ -17,14 +17,8 @@ from layout import CUTS_SIZE, Head
 with atheris.instrument_imports():
     from epws.exceptions import HandshakeError
     from epws.protocol.deflate import PerMessageDeflate
-    from epws.protocol.handshake import (
-        Request,
-        RequestParser,
-        Response,
-        ResponseParser,
-        check_request,
-        check_response,
-    )
+    from epws.protocol.handshake import check_request, check_response
+    from epws.protocol.http11 import Request, RequestParser, Response, ResponseParser
 
 _PMD = PerMessageDeflate(client_max_window_bits=12)
 HEAD_SIZE = 1 + CUTS_SIZE

@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 from epws.exceptions import HandshakeError
 from epws.protocol.connection import Connection, Event, Ping, Pong, Side
 from epws.protocol.deflate import DeflateCodec
-from epws.protocol.handshake import RequestParser, ResponseParser
+from epws.protocol.http11 import RequestParser, ResponseParser
 
 from .test_connection import norm, raw
 

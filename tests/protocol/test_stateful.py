@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 from epws.exceptions import InvalidState, ProtocolError
 from epws.protocol.connection import Close, Connection, Event, Failure, Ping, Pong, Side
 from epws.protocol.deflate import DeflateCodec, PerMessageDeflate
-from epws.protocol.handshake import Headers, Request, Response
+from epws.protocol.http11 import Headers, Request, Response
 
 SIDES = (Side.SERVER, Side.CLIENT)
 # A call without a bound parses everything it can: only a frame head (at most 13 of

@@ -70,8 +70,8 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
-class Ping:
-    """A ping frame received; its pong is already queued."""
+class _ControlEvent:
+    """A ping or pong received: its payload (at most 125 bytes)."""
 
     __slots__ = ("payload",)
 
@@ -79,19 +79,19 @@ class Ping:
         self.payload = payload
 
     def __repr__(self) -> str:
-        return f"Ping({self.payload!r})"
+        return f"{type(self).__name__}({self.payload!r})"
 
 
-class Pong:
+class Ping(_ControlEvent):
+    """A ping frame received; a pong is queued for the latest one (RFC 6455 §5.5.3)."""
+
+    __slots__ = ()
+
+
+class Pong(_ControlEvent):
     """A pong frame received."""
 
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return f"Pong({self.payload!r})"
+    __slots__ = ()
 
 
 class Close:
@@ -194,6 +194,20 @@ def wire_allowance(limit: int) -> int:
     from a peer with ``PerMessageDeflate(mem_level=1)`` got 1009.
     """
     return limit + (limit >> 3) + (limit >> 8) + (limit >> 9) + 64
+
+
+def _too_big(size: int, limit: int) -> MessageTooBig:
+    """The 1009 failure for a message known to be at least ``size`` bytes (one rule
+    for the one-frame fast path and for fragments)."""
+    return MessageTooBig(
+        f"message of at least {size} bytes is over the read limit of {limit} bytes"
+    )
+
+
+def _invalid_utf8(reason: str) -> ProtocolError:
+    """The 1007 failure for a text message that is not UTF-8 (RFC 6455 §8.1), wherever
+    it is found: a whole frame, the end of a message, or a piece on the way."""
+    return ProtocolError(f"invalid UTF-8 in text message: {reason}", 1007)
 
 
 def _ed_surrogate_pending(decoder: codecs.IncrementalDecoder) -> bool:
@@ -453,10 +467,7 @@ class Connection:
                     # No message state is touched; rules and limits are the same.
                     limit = self.max_size
                     if limit and length > limit:
-                        raise MessageTooBig(
-                            f"message of at least {length} bytes "
-                            f"is over the read limit of {limit} bytes"
-                        )
+                        raise _too_big(length, limit)
                     start = pos + hlen
                     if end - start >= length:
                         pos = start + length
@@ -468,9 +479,7 @@ class Connection:
                             try:
                                 events.append(payload.decode())
                             except UnicodeDecodeError as exc:
-                                raise ProtocolError(
-                                    f"invalid UTF-8 in text message: {exc.reason}", 1007
-                                ) from None
+                                raise _invalid_utf8(exc.reason) from None
                         else:
                             events.append(payload)
                         room -= 1
@@ -506,10 +515,7 @@ class Connection:
                 if limit:
                     if not self._compressed:
                         if self._msg_size + length > limit:
-                            raise MessageTooBig(
-                                f"message of at least {self._msg_size + length} bytes "
-                                f"is over the read limit of {limit} bytes"
-                            )
+                            raise _too_big(self._msg_size + length, limit)
                     else:
                         # The wire size of a compressed message counts too, so that a
                         # message inflating to (almost) nothing still ends (see
@@ -589,9 +595,7 @@ class Connection:
                 try:
                     events.append(chunk.decode())
                 except UnicodeDecodeError as exc:
-                    raise ProtocolError(
-                        f"invalid UTF-8 in text message: {exc.reason}", 1007
-                    ) from None
+                    raise _invalid_utf8(exc.reason) from None
                 self._msg_op = 0
                 return
             self._validate(chunk)
@@ -617,9 +621,9 @@ class Connection:
         try:
             decoder.decode(chunk)
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
+            raise _invalid_utf8(exc.reason) from None
         if _ed_surrogate_pending(decoder):
-            raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
+            raise _invalid_utf8("surrogate")
 
     def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == _PING:

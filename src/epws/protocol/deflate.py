@@ -44,7 +44,8 @@ from typing import Literal
 
 from ..exceptions import MessageTooBig, NegotiationError, ProtocolError
 from .connection import InflateError
-from .handshake import Request, Response, parse_extensions, serialize_extensions
+from .headers import parse_extensions, serialize_extensions
+from .http11 import Request, Response
 
 __all__ = ["DeflateCodec", "PerMessageDeflate"]
 
