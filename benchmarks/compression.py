@@ -37,7 +37,7 @@ import epws
 from epws.prepared import PreparedMessage
 from epws.protocol.connection import Connection, Side
 from epws.protocol.deflate import DeflateCodec, PerMessageDeflate
-from epws.protocol.handshake import Headers, Request, Response
+from epws.protocol.http11 import Headers, Request, Response
 
 TAKEOVER = {"server_no_context_takeover": False, "client_no_context_takeover": False}
 SETTINGS: dict[str, dict[str, Any] | None] = {

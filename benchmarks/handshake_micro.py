@@ -14,7 +14,8 @@ from __future__ import annotations
 import timeit
 
 from epws.asyncio.server import Upgrader
-from epws.protocol.handshake import RequestParser, is_upgrade_request
+from epws.protocol.handshake import is_upgrade_request
+from epws.protocol.http11 import RequestParser
 
 #: What the Go load generator (gorilla's Dialer) sends.
 REQUEST = (

@@ -1,8 +1,9 @@
 """Coverage-guided fuzzing of Connection.receive_data, both sides (atheris).
 
-One input decides the side, the compression, the read limit, the split points and
-the max_messages bounds; the rest is the wire. The input is parsed twice: whole in
-one unbounded call, and split with bounds (then drained); both must give the same
+One input's head (see layout.py) decides the side, the compression, the read limit,
+the split points and the max_messages bounds; the rest is the wire. The input is
+parsed twice: whole in one unbounded call, and split with bounds (then drained); both
+must give the same
 events, no exception may escape (errors are Failure events), no call may return
 more data messages than allowed, no message may pass the read limit, and without a
 bound only an incomplete frame head may stay buffered. Run: see fuzz/README.md.
@@ -13,12 +14,17 @@ from __future__ import annotations
 import sys
 
 import atheris
+from layout import CUTS, CUTS_SIZE, Head
 
 with atheris.instrument_imports():
     from epws.protocol.connection import Close, Connection, Failure, Ping, Pong, Side
     from epws.protocol.deflate import DeflateCodec
 
 _CODES = {1002, 1007, 1009}
+LIMITS = [0, 1, 16, 125, 1000, 1 << 20]
+BOUNDS = [None, 0, 1, 2]
+#: flags (bit 0: server side, bit 1: compressed), limit, cuts, one bound per piece.
+HEAD_SIZE = 2 + CUTS_SIZE + CUTS + 1
 
 
 def _norm(events: list[object]) -> list[object]:
@@ -51,13 +57,14 @@ def _check(events: list[object], max_size: int, bound: int | None) -> None:
 
 
 def TestOneInput(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    side = Side.SERVER if fdp.ConsumeBool() else Side.CLIENT
-    compressed = fdp.ConsumeBool()
-    max_size = fdp.PickValueInList([0, 1, 16, 125, 1000, 1 << 20])
-    cuts = sorted(fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 8), 0, 4096))
-    bounds = [fdp.PickValueInList([None, 0, 1, 2]) for _ in range(len(cuts) + 1)]
-    wire = fdp.ConsumeBytes(fdp.remaining_bytes())
+    head = Head(data, HEAD_SIZE)
+    flags = head.byte()
+    side = Side.SERVER if flags & 1 else Side.CLIENT
+    compressed = bool(flags & 2)
+    max_size = head.pick(LIMITS)
+    cuts = head.cuts(4096)
+    bounds = [head.pick(BOUNDS) for _ in range(CUTS + 1)][: len(cuts) + 1]
+    wire = head.wire
 
     def make() -> Connection:
         return Connection(

@@ -12,20 +12,16 @@ import itertools
 import sys
 
 import atheris
+from layout import CUTS_SIZE, Head
 
 with atheris.instrument_imports():
     from epws.exceptions import HandshakeError
     from epws.protocol.deflate import PerMessageDeflate
-    from epws.protocol.handshake import (
-        Request,
-        RequestParser,
-        Response,
-        ResponseParser,
-        check_request,
-        check_response,
-    )
+    from epws.protocol.handshake import check_request, check_response
+    from epws.protocol.http11 import Request, RequestParser, Response, ResponseParser
 
 _PMD = PerMessageDeflate(client_max_window_bits=12)
+HEAD_SIZE = 1 + CUTS_SIZE
 
 
 def parse(make: type[RequestParser] | type[ResponseParser], pieces: list[bytes]) -> object:
@@ -57,10 +53,10 @@ def use(head: Request | Response) -> None:
 
 
 def TestOneInput(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    make = RequestParser if fdp.ConsumeBool() else ResponseParser
-    cuts = sorted(fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 8), 0, 1024))
-    wire = fdp.ConsumeBytes(fdp.remaining_bytes())
+    head = Head(data, HEAD_SIZE)  # flags (bit 0: request), cuts; then the wire
+    make = RequestParser if head.byte() & 1 else ResponseParser
+    cuts = head.cuts(1024)
+    wire = head.wire
     whole = parse(make, [wire])
     bounds = [0, *(min(c, len(wire)) for c in cuts), len(wire)]
     split = parse(make, [wire[a:b] for a, b in itertools.pairwise(bounds)])

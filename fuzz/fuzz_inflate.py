@@ -13,11 +13,16 @@ import itertools
 import sys
 
 import atheris
+from layout import CUTS_SIZE, Head
 
 with atheris.instrument_imports():
     from epws.exceptions import MessageTooBig, ProtocolError
     from epws.protocol.connection import InflateError
     from epws.protocol.deflate import DeflateCodec
+
+
+LIMITS = [None, 0, 1, 100, 1024, 5000, 1 << 16]
+HEAD_SIZE = 2 + CUTS_SIZE
 
 
 def inflate(pieces: list[bytes], max_size: int | None, bits: int) -> tuple[object, ...]:
@@ -43,11 +48,11 @@ def inflate(pieces: list[bytes], max_size: int | None, bits: int) -> tuple[objec
 
 
 def TestOneInput(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    max_size = fdp.PickValueInList([None, 0, 1, 100, 1024, 5000, 1 << 16])
-    bits = fdp.ConsumeIntInRange(8, 15)
-    cuts = sorted(fdp.ConsumeIntListInRange(fdp.ConsumeIntInRange(0, 8), 0, 2048))
-    wire = fdp.ConsumeBytes(fdp.remaining_bytes())
+    head = Head(data, HEAD_SIZE)  # limit, window bits, cuts; then the wire
+    max_size = head.pick(LIMITS)
+    bits = 8 + head.byte() % 8
+    cuts = head.cuts(2048)
+    wire = head.wire
     whole = inflate([wire], max_size, bits)
     bounds = [0, *(min(c, len(wire)) for c in cuts), len(wire)]
     pieces = [wire[a:b] for a, b in itertools.pairwise(bounds)]

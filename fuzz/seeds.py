@@ -1,8 +1,9 @@
 """Write a small seed corpus for each harness: python fuzz/seeds.py DIR (makes DIR/frames ...).
 
 Seeds only need to reach the interesting code quickly; the fuzzer mutates from there.
-The first bytes of each seed are mostly zero, so the harness's choices (side, limit,
-splits) start from their first values and the rest of the seed is the wire.
+Each seed is the harness's head of options (layout.py: side, limit, split points...)
+followed by the wire, so the fuzzer starts from inputs that parse: valid frames, a
+complete upgrade request and response, deflate streams.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import sys
 import zlib
 from pathlib import Path
+
+from layout import CUTS, cuts_block
 
 from epws.protocol.connection import Connection, Side
 from epws.protocol.deflate import DeflateCodec
@@ -42,12 +45,16 @@ def main() -> None:
     root = Path(sys.argv[1])
     for name in ("frames", "http", "inflate"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    # fuzz_frames: bool side (1 = server), bool compressed, limit index, cut count...
+    # fuzz_frames: flags (bit 0: server, bit 1: compressed), limit index (5: 1 MiB),
+    # cuts, then a max_messages bound per piece (index into None, 0, 1, 2).
     for i, (side, compressed) in enumerate(
         [(Side.CLIENT, False), (Side.CLIENT, True), (Side.SERVER, False), (Side.SERVER, True)]
     ):
-        wire = frames(side, compressed)
-        head = bytes([side is Side.CLIENT, compressed, 5, 2, 0, 10, 0, 200, 0, 1, 2])
+        # The peer of a server is a client: its frames are masked.
+        wire = frames(Side.CLIENT if side is Side.SERVER else Side.SERVER, compressed)
+        flags = (side is Side.SERVER) | (compressed << 1)
+        bounds = bytes([0, 2, 3, 1] + [0] * (CUTS + 1 - 4))
+        head = bytes([flags, 5]) + cuts_block([10, 200, 300]) + bounds
         (root / "frames" / f"seed{i}").write_bytes(head + wire)
     request = build_request(
         "example.com",
@@ -60,8 +67,9 @@ def main() -> None:
         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"
         b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"
     )
-    (root / "http" / "request").write_bytes(b"\x01\x02\x05\x00\x09\x00" + request + b"\x81\x80")
-    (root / "http" / "response").write_bytes(b"\x00\x01\x07\x00" + response)
+    # fuzz_http: flags (bit 0: request), cuts.
+    (root / "http" / "request").write_bytes(b"\x01" + cuts_block([5, 9]) + request + b"\x81\x80")
+    (root / "http" / "response").write_bytes(b"\x00" + cuts_block([7]) + response)
     text = b"the quick brown fox jumps over the lazy dog " * 50
     for i, wire in enumerate(
         [
@@ -71,7 +79,9 @@ def main() -> None:
             deflated(bytes(100000)),
         ]
     ):
-        (root / "inflate" / f"seed{i}").write_bytes(bytes([3, 7, 2, 0, 5, 0, 40]) + wire)
+        # fuzz_inflate: limit index (None, 1024, 5000, 64 KiB), window bits - 8, cuts.
+        head = bytes([(0, 4, 5, 6)[i], 7]) + cuts_block([5, 40])
+        (root / "inflate" / f"seed{i}").write_bytes(head + wire)
 
 
 if __name__ == "__main__":

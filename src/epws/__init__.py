@@ -32,7 +32,7 @@ from .exceptions import (
 from .prepared import PreparedMessage
 from .protocol.deflate import PerMessageDeflate
 from .protocol.frames import CloseCode, MessageType
-from .protocol.handshake import Request
+from .protocol.http11 import Request
 
 __all__ = [
     "Backoff",

@@ -10,6 +10,7 @@ as often as the happy ones.
 from __future__ import annotations
 
 import itertools
+import random
 import zlib
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 from epws.exceptions import HandshakeError
 from epws.protocol.connection import Connection, Event, Ping, Pong, Side
 from epws.protocol.deflate import DeflateCodec
-from epws.protocol.handshake import RequestParser, ResponseParser
+from epws.protocol.http11 import RequestParser, ResponseParser
 
 from .test_connection import norm, raw
 
@@ -275,3 +276,42 @@ def test_random_compressed_bytes_same_code_however_split(wire: bytes, cuts: list
         return norm(events)
 
     assert codes(cut(frame, cuts)) == codes([frame])
+
+
+# ---------------------------------------------------------------- deflate windows, any split
+
+
+def _far_reference_message() -> bytes:
+    """A deflate stream (window 15) with a match 3,000 bytes back: over a 1 KiB window."""
+    rnd = random.Random(9)
+    head = rnd.randbytes(3000)
+    return deflated(head + head[:200])
+
+
+@pytest.mark.parametrize("takeover", [False, True])
+def test_reference_past_the_agreed_window_same_result_however_split(takeover: bool) -> None:
+    """A peer that agreed to a 1 KiB window and refers 3,000 bytes back.
+
+    zlib checks a distance against its window only for output of earlier calls, not
+    for output of the same call, so this inflated fine whole and failed with 1007 when
+    the frame came in pieces (found by fuzz/fuzz_inflate.py). Without context takeover
+    epws now inflates with the full 32 KiB window, so the result is the same for any
+    split. With takeover (the inflater kept between messages), the agreed window is
+    kept to bound memory per connection, and only the code must not depend on the
+    split: a peer breaking its window agreement is accepted or fails with 1007.
+    """
+    payload = _far_reference_message()
+    frame = raw(2, payload, rsv=4)
+    results = set()
+    for size in (len(frame), 1, 100, 1500, 3000):
+        conn = Connection(
+            Side.SERVER, codec=DeflateCodec(decompress_bits=10, decompress_takeover=takeover)
+        )
+        events: list[Event] = []
+        for piece in cut(frame, list(range(size, len(frame), size))):
+            events += conn.receive_data(piece)
+        results.add(tuple(("msg", len(e)) if isinstance(e, bytes) else e for e in norm(events)))
+    if takeover:
+        assert results <= {(("msg", 3200),), (("fail", 1007),)}, results
+    else:
+        assert results == {(("msg", 3200),)}, results

@@ -13,7 +13,7 @@ from epws.exceptions import NegotiationError
 from epws.protocol.connection import Close, Connection, Failure, Side
 from epws.protocol.deflate import DeflateCodec
 from epws.protocol.frames import encode_frame
-from epws.protocol.handshake import Headers, Request, Response
+from epws.protocol.http11 import Headers, Request, Response
 
 HELLO_1 = bytes.fromhex("c107f248cdc9c90700")  # §7.2.3.1 and first of §7.2.3.2
 HELLO_2 = bytes.fromhex("c105f200110000")  # §7.2.3.2, second message, shared window

@@ -11,13 +11,7 @@ from hypothesis import given, strategies as st
 from epws.exceptions import HandshakeError, InvalidURI, NegotiationError
 from epws.protocol.handshake import (
     GUID,
-    Headers,
-    Request,
-    RequestParser,
-    Response,
-    ResponseParser,
     accept_key,
-    build_http_response,
     build_request,
     build_response,
     check_origin_same,
@@ -26,12 +20,18 @@ from epws.protocol.handshake import (
     generate_key,
     is_upgrade_request,
     origin_allowed,
-    parse_extensions,
-    parse_token_list,
-    parse_uri,
     select_subprotocol,
-    serialize_extensions,
 )
+from epws.protocol.headers import parse_extensions, parse_token_list, serialize_extensions
+from epws.protocol.http11 import (
+    Headers,
+    Request,
+    RequestParser,
+    Response,
+    ResponseParser,
+    build_http_response,
+)
+from epws.protocol.uri import parse_uri
 
 # RFC 6455 §1.3.
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="

@@ -82,9 +82,12 @@ def test_unfinished_message_of_tiny_fragments_costs_about_its_size(name: str, wi
 
     Each fragment used to be kept as its own object: about 24x the payload for
     2-byte fragments. Measured now: about 1.1x (the growing buffer's slack), plus
-    zlib's inflater (about 8 KiB with a 512-byte window) for compressed messages.
+    zlib's inflater (about 8 KiB with a 512-byte window, which takeover keeps; without
+    takeover the inflater uses the full 32 KiB window while a message arrives) for
+    compressed messages.
     """
-    conn = Connection(Side.SERVER, max_size=SMALL, codec=DeflateCodec(decompress_bits=9))
+    codec = DeflateCodec(decompress_bits=9, decompress_takeover=True)
+    conn = Connection(Side.SERVER, max_size=SMALL, codec=codec)
     events, held, peak = traced(lambda: feed(conn, wire, 16384))
     assert events == []
     assert conn.input_buffered == 0
@@ -175,8 +178,9 @@ def test_a_few_deflate_streams_in_a_message_are_fine() -> None:
 def test_compressed_wire_bytes_count_against_the_limit() -> None:
     """Item 11: the wire size of a compressed message is bounded, not only its output."""
     limit = 64 * 1024
-    # Non-final empty stored blocks: 5 wire bytes each, nothing inflated.
-    stored = b"\x00\x00\x00\xff\xff" * (limit // 5 + 100)
+    # Non-final empty stored blocks: 5 wire bytes each, nothing inflated; 1.2x the limit
+    # is past the allowance for deflate's growth (about 1.13x, see the next test).
+    stored = b"\x00\x00\x00\xff\xff" * (limit * 6 // 25)
     conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec())
     events = conn.receive_data(raw(2, stored, rsv=4))
     assert norm(events) == [("fail", 1009)]
@@ -185,6 +189,52 @@ def test_compressed_wire_bytes_count_against_the_limit() -> None:
     data = os.urandom(limit)
     conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec())
     assert conn.receive_data(raw(2, deflated(data), rsv=4)) == [data]
+
+
+@pytest.mark.parametrize(("mem_level", "bits"), [(1, 15), (2, 15), (8, 9), (1, 9)])
+def test_incompressible_message_at_the_limit_fits_whatever_the_peer_s_deflate_settings(
+    mem_level: int, bits: int
+) -> None:
+    """A message that inflates within the read limit is never refused for its wire size.
+
+    zlib grows incompressible data by up to ~4% with memLevel 1, ~2% with 2 and ~0.25%
+    with a 512-byte window (deflateBound allows ~13% for non-default settings); the
+    allowance was limit/1024 + 64 bytes, so an epws peer configured with
+    ``PerMessageDeflate(mem_level=1)`` (or window bits 9) sending random bytes at the
+    limit got 1009. Found by tests/protocol/test_stateful.py.
+    """
+    limit = 256 * 1024
+    data = os.urandom(limit)
+    sender = Connection(
+        Side.CLIENT, codec=DeflateCodec(compress_bits=bits, mem_level=mem_level, level=9)
+    )
+    frame = sender.send_binary(data)
+    assert len(frame) > limit + (limit >> 10) + 64 + 14  # past the old allowance
+    for size in (len(frame), 4096):
+        conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits))
+        assert feed(conn, frame, size) == [data]
+    # One byte of payload over the limit is still refused, while inflating.
+    frame = sender.send_binary(data + b"x")
+    conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits))
+    assert norm(conn.receive_data(frame)) == [("fail", 1009)]
+
+
+def test_deflate_growth_allowance_covers_zlib_at_every_setting() -> None:
+    """The wire allowance is zlib's deflateBound for any memLevel, window and level."""
+    limit = 32 * 1024
+    data = os.urandom(limit)
+    worst = 0
+    for mem_level in range(1, 10):
+        for bits in (9, 12, 15):
+            for level in (1, 6, 9):
+                comp = zlib.compressobj(level, zlib.DEFLATED, -bits, mem_level)
+                wire = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
+                worst = max(worst, len(wire) - 4)
+                conn = Connection(
+                    Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits)
+                )
+                assert conn.receive_data(raw(2, wire[:-4], rsv=4)) == [data], (mem_level, bits)
+    assert worst > limit * 1.03  # memLevel 1 grows random data by about 4%
 
 
 # ---------------------------------------------------------------- item 2: after our close

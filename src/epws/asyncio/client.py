@@ -25,14 +25,9 @@ from typing import Any
 from ..exceptions import HandshakeError, InvalidURI
 from ..protocol.connection import Connection, MessageCodec, Side
 from ..protocol.deflate import PerMessageDeflate
-from ..protocol.handshake import (
-    Response,
-    ResponseParser,
-    build_request,
-    check_response,
-    generate_key,
-    parse_uri,
-)
+from ..protocol.handshake import build_request, check_response, generate_key
+from ..protocol.http11 import Response, ResponseParser
+from ..protocol.uri import parse_uri
 from .conn import Conn
 from .proxy import open_via_proxy, select_proxy
 

@@ -50,7 +50,7 @@ from .deadlines import queue_for
 from .messages import FULL, WRITING, Inbound
 
 if TYPE_CHECKING:
-    from ..protocol.handshake import Request, Response
+    from ..protocol.http11 import Request, Response
 
 __all__ = ["Conn", "MessageType", "MessageWriter", "broadcast"]
 

@@ -23,16 +23,15 @@ from ..exceptions import BadOrigin, ConnectionClosed, HandshakeError
 from ..protocol.connection import Connection, MessageCodec, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
-    Request,
-    RequestParser,
-    build_http_response,
     build_response,
     check_origin_same,
     check_request,
     is_upgrade_request,
     origin_allowed,
     select_subprotocol,
+    upgrade_required,
 )
+from ..protocol.http11 import Request, RequestParser, build_http_response
 from .conn import Conn
 
 __all__ = ["HTTPResponse", "Server", "Upgrader", "serve"]
@@ -611,13 +610,7 @@ class _HTTPProtocol(asyncio.Protocol):
             self.shut_down()
             return
         if not is_upgrade_request(request):
-            self._refuse(
-                HandshakeError(
-                    "this resource only speaks WebSocket",
-                    426,
-                    [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-                )
-            )
+            self._refuse(upgrade_required("this resource only speaks WebSocket"))
             return
         up = server.upgrader
         try:

@@ -51,6 +51,7 @@ __all__ = [
     "Pong",
     "Side",
     "State",
+    "wire_allowance",
 ]
 
 
@@ -69,8 +70,8 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
-class Ping:
-    """A ping frame received; its pong is already queued."""
+class _ControlEvent:
+    """A ping or pong received: its payload (at most 125 bytes)."""
 
     __slots__ = ("payload",)
 
@@ -78,19 +79,19 @@ class Ping:
         self.payload = payload
 
     def __repr__(self) -> str:
-        return f"Ping({self.payload!r})"
+        return f"{type(self).__name__}({self.payload!r})"
 
 
-class Pong:
+class Ping(_ControlEvent):
+    """A ping frame received; a pong is queued for the latest one (RFC 6455 §5.5.3)."""
+
+    __slots__ = ()
+
+
+class Pong(_ControlEvent):
     """A pong frame received."""
 
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return f"Pong({self.payload!r})"
+    __slots__ = ()
 
 
 class Close:
@@ -122,6 +123,8 @@ class Failure:
         return f"Failure({self.error.code}, {str(self.error)!r})"
 
 
+#: What :meth:`Connection.receive_data` returns a list of: a text message (``str``), a
+#: binary message (``bytes``), or a control-frame or failure event.
 Event = str | bytes | Ping | Pong | Close | Failure
 
 
@@ -178,6 +181,33 @@ _CLOSE = Opcode.CLOSE.value
 _PING = Opcode.PING.value
 _PONG = Opcode.PONG.value
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def wire_allowance(limit: int) -> int:
+    """The most wire bytes a compressed message may take under a read limit of ``limit``.
+
+    A message that inflates within the limit must never be refused for its wire size,
+    so this is zlib's worst case for data that does not compress, at any settings a
+    peer may use (``deflateBound``: about 13% of growth for memLevel 2 and small
+    windows, 4% measured with memLevel 1, 0.03% with zlib's defaults), plus room for
+    the flush block. It used to be ``limit/1024 + 64``: random bytes at the limit
+    from a peer with ``PerMessageDeflate(mem_level=1)`` got 1009.
+    """
+    return limit + (limit >> 3) + (limit >> 8) + (limit >> 9) + 64
+
+
+def _too_big(size: int, limit: int) -> MessageTooBig:
+    """The 1009 failure for a message known to be at least ``size`` bytes (one rule
+    for the one-frame fast path and for fragments)."""
+    return MessageTooBig(
+        f"message of at least {size} bytes is over the read limit of {limit} bytes"
+    )
+
+
+def _invalid_utf8(reason: str) -> ProtocolError:
+    """The 1007 failure for a text message that is not UTF-8 (RFC 6455 §8.1), wherever
+    it is found: a whole frame, the end of a message, or a piece on the way."""
+    return ProtocolError(f"invalid UTF-8 in text message: {reason}", 1007)
 
 
 def _ed_surrogate_pending(decoder: codecs.IncrementalDecoder) -> bool:
@@ -437,10 +467,7 @@ class Connection:
                     # No message state is touched; rules and limits are the same.
                     limit = self.max_size
                     if limit and length > limit:
-                        raise MessageTooBig(
-                            f"message of at least {length} bytes "
-                            f"is over the read limit of {limit} bytes"
-                        )
+                        raise _too_big(length, limit)
                     start = pos + hlen
                     if end - start >= length:
                         pos = start + length
@@ -452,9 +479,7 @@ class Connection:
                             try:
                                 events.append(payload.decode())
                             except UnicodeDecodeError as exc:
-                                raise ProtocolError(
-                                    f"invalid UTF-8 in text message: {exc.reason}", 1007
-                                ) from None
+                                raise _invalid_utf8(exc.reason) from None
                         else:
                             events.append(payload)
                         room -= 1
@@ -490,17 +515,13 @@ class Connection:
                 if limit:
                     if not self._compressed:
                         if self._msg_size + length > limit:
-                            raise MessageTooBig(
-                                f"message of at least {self._msg_size + length} bytes "
-                                f"is over the read limit of {limit} bytes"
-                            )
+                            raise _too_big(self._msg_size + length, limit)
                     else:
-                        # The wire size of a compressed message counts too, with room
-                        # for deflate's worst-case growth of incompressible data
-                        # (zlib's deflateBound: about n/4096 + 13 bytes), so that
-                        # inflating never has more input than the limit allows.
+                        # The wire size of a compressed message counts too, so that a
+                        # message inflating to (almost) nothing still ends (see
+                        # wire_allowance).
                         wire = self._msg_wire + length
-                        if wire > limit + (limit >> 10) + 64:
+                        if wire > wire_allowance(limit):
                             raise MessageTooBig(
                                 f"compressed message of at least {wire} bytes on the wire "
                                 f"is over the read limit of {limit} bytes"
@@ -574,9 +595,7 @@ class Connection:
                 try:
                     events.append(chunk.decode())
                 except UnicodeDecodeError as exc:
-                    raise ProtocolError(
-                        f"invalid UTF-8 in text message: {exc.reason}", 1007
-                    ) from None
+                    raise _invalid_utf8(exc.reason) from None
                 self._msg_op = 0
                 return
             self._validate(chunk)
@@ -602,9 +621,9 @@ class Connection:
         try:
             decoder.decode(chunk)
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in text message: {exc.reason}", 1007) from None
+            raise _invalid_utf8(exc.reason) from None
         if _ed_surrogate_pending(decoder):
-            raise ProtocolError("invalid UTF-8 in text message: surrogate", 1007)
+            raise _invalid_utf8("surrogate")
 
     def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == _PING:

@@ -20,9 +20,11 @@ Choices that are not spelled out by the RFC, and why:
   the agreement exactly, not nearly: zlib's deflate never emits a match farther back
   than ``MAX_DIST = window size - MIN_LOOKAHEAD = 512 - 262 = 250`` bytes, inside
   the peer's 256-byte window (a test inflates such output with a strict 256-byte
-  window across messages). What we *inflate* always uses at least a 512-byte window:
-  a larger window than the sender's is always safe for the receiver, and it costs
-  256 bytes.
+  window across messages). What we *inflate* uses a larger window than the sender's,
+  which is always safe for the receiver: the full 32 KiB while a message arrives
+  without context takeover (so the result never depends on how the frames were
+  split, even for a peer that breaks its window agreement), at least 512 bytes
+  with takeover, where the inflater is kept and its window is per-connection memory.
 * **Errors.** A malformed ``Sec-WebSocket-Extensions`` header (bad grammar) is answered
   with 400 by the server; a well-formed permessage-deflate offer with unknown,
   duplicated or invalid parameters is declined (RFC 7692 §5.1 says *decline*), and the
@@ -42,7 +44,8 @@ from typing import Literal
 
 from ..exceptions import MessageTooBig, NegotiationError, ProtocolError
 from .connection import InflateError
-from .handshake import Request, Response, parse_extensions, serialize_extensions
+from .headers import parse_extensions, serialize_extensions
+from .http11 import Request, Response
 
 __all__ = ["DeflateCodec", "PerMessageDeflate"]
 
@@ -224,7 +227,13 @@ class DeflateCodec:
         self._decompress_takeover = decompress_takeover
         # zlib can't compress with 8; 9 only reaches 250 bytes back (module docstring).
         self._comp_key = (max(compress_bits, 9), level, mem_level, zlib.Z_DEFAULT_STRATEGY)
-        self._inflate_bits = max(decompress_bits, 9)
+        # zlib checks a match's distance against its window only for output of earlier
+        # calls, so a peer referring past the agreed window would be accepted whole and
+        # refused (1007) in pieces. A transient inflater (no takeover) uses the full
+        # window, which holds any legal distance: the same result for any split. A kept
+        # one keeps the agreed window (at least 9 bits: zlib refuses 8), which is what
+        # bounds a connection's memory; there only such a peer's result may vary.
+        self._inflate_bits = max(decompress_bits, 9) if decompress_takeover else 15
         self._comp: zlib._Compress | None = None
         self._infl: zlib._Decompress | None = None
         # Stream restarts in the message being inflated, as bytes of its budget.

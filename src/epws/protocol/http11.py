@@ -1,0 +1,439 @@
+"""HTTP/1.1 messages for the opening handshake, without I/O: heads, parsers, builders.
+
+A WebSocket connection starts life as one HTTP/1.1 exchange. This module holds the
+messages of that exchange (:class:`Headers`, :class:`Request`, :class:`Response`), the
+parsers that read them from bytes and the builders that write them; what a valid
+upgrade is lives in :mod:`epws.protocol.handshake`, the header grammar in
+:mod:`epws.protocol.headers`. It never touches a socket, so the asyncio layer, the
+tests and a fuzzer can all drive it with plain bytes.
+
+The parsers are incremental (any split of the input gives the same result) and bounded:
+every limit is enforced while bytes arrive, so a peer that streams an endless header line
+is refused once it passes the limit instead of once it has exhausted memory. They are
+deliberately strict: bare LF line endings, obs-fold continuation lines, whitespace before
+the colon and control characters in values are refused, because lenient HTTP parsing is
+where request smuggling and header injection live.
+
+The builders refuse header values carrying CR, LF, NUL or any other control character,
+so an application that passes user data into a header cannot split the response.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+from epws.exceptions import HandshakeError
+
+from .headers import (
+    FIELD_VALUE_BYTES_RE,
+    FIELD_VALUE_RE,
+    TOKEN_BYTES_RE,
+    ascii_lower,
+    require_token,
+)
+
+__all__ = [
+    "Headers",
+    "Request",
+    "RequestParser",
+    "Response",
+    "ResponseParser",
+    "build_http_response",
+    "is_request_target",
+    "render_head",
+]
+
+# A request-target is visible ASCII only; anything else is percent-encoded by clients.
+_TARGET_BYTES_RE = re.compile(b"[\x21-\x7e]+")
+_HTTP_VERSION_RE = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_STATUS_CODE_RE = re.compile(rb"[0-9]{3}")
+
+
+def is_request_target(resource: str) -> bool:
+    """Whether ``resource`` can be sent as a request-target: non-empty visible ASCII."""
+    return resource.isascii() and _TARGET_BYTES_RE.fullmatch(resource.encode("ascii")) is not None
+
+
+class Headers:
+    """HTTP header fields: ordered, repeatable, looked up case-insensitively.
+
+    A plain dict would lose both the order and the repeats, and repeats matter here:
+    two ``Host`` or two ``Sec-WebSocket-Key`` fields must be detected to be refused.
+
+    A server keeps every connection's request, so after the handshake it calls
+    :meth:`compact`: the fields are folded into one bytes block (a few hundred bytes
+    instead of a few thousand in tuples, strings and an index) and parsed again only
+    if the application looks at them.
+    """
+
+    __slots__ = ("_index", "_items", "_packed")
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] | None = list(items)
+        self._index: dict[str, list[str]] | None = None
+        self._packed: bytes | None = None
+
+    def _fields(self) -> list[tuple[str, str]]:
+        items = self._items
+        if items is None:
+            packed = self._packed or b""
+            items = self._items = [
+                (name, value)
+                for name, _, value in (
+                    line.partition(": ") for line in packed.decode("latin-1").split("\r\n") if line
+                )
+            ]
+        return items
+
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = self._index = {}
+            for name, value in self._fields():
+                index.setdefault(ascii_lower(name), []).append(value)
+        return index
+
+    def compact(self) -> None:
+        """Keep the fields as one bytes block until they are looked at again."""
+        items = self._items
+        if items is not None:
+            self._packed = "".join(f"{n}: {v}\r\n" for n, v in items).encode("latin-1")
+            self._items = None
+        self._index = None
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default`` when it is absent."""
+        values = self._lookup().get(ascii_lower(name))
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in the order received (empty when absent)."""
+        return list(self._lookup().get(ascii_lower(name), ()))
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field, keeping any earlier ones with the same name."""
+        self._fields().append((name, value))
+        if self._index is not None:
+            self._index.setdefault(ascii_lower(name), []).append(value)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and ascii_lower(name) in self._lookup()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields())
+
+    def __len__(self) -> int:
+        return len(self._fields())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields()!r})"
+
+
+@dataclass(slots=True)
+class Request:
+    """An HTTP request head, as received by the server or built by the client."""
+
+    method: str
+    target: str
+    version: str
+    headers: Headers
+
+    @property
+    def path(self) -> str:
+        """The request-target without its query string."""
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string, decoded; blank values are kept (``?flag=`` means something)."""
+        return urllib.parse.parse_qs(self.target.partition("?")[2], keep_blank_values=True)
+
+
+@dataclass(slots=True)
+class Response:
+    """An HTTP response head (and body, for plain HTTP responses built by the server)."""
+
+    status: int
+    reason: str
+    headers: Headers
+    body: bytes = b""
+
+
+# --------------------------------------------------------------------------- parsing
+
+_T = TypeVar("_T")
+
+
+def _snippet(data: bytes, limit: int = 60) -> str:
+    """A short printable rendering of offending bytes, for error messages."""
+    text = repr(data[:limit])
+    return text + "..." if len(data) > limit else text
+
+
+class _HeadParser(Generic[_T]):
+    """Shared machinery of the request and response parsers: lines, headers, limits.
+
+    The start line is bounded by ``max_line``; each header line by ``max_line`` too; the
+    header section (every field line and the blank line ending it, CRLFs included) by
+    ``max_header_bytes``; the number of fields by ``max_headers``. Once the head is
+    complete, later bytes belong to the WebSocket stream and are kept in :attr:`rest`.
+    """
+
+    #: Client-side parsers report status 0: the server did not give a usable answer.
+    _client: ClassVar[bool] = False
+    _start_line_too_long: ClassVar[int] = 400
+
+    def __init__(
+        self, *, max_line: int = 8192, max_headers: int = 128, max_header_bytes: int = 65536
+    ) -> None:
+        if max_line < 1 or max_headers < 1 or max_header_bytes < 2:
+            raise ValueError("parser limits must be positive (max_header_bytes at least 2)")
+        self._max_line = max_line
+        self._max_headers = max_headers
+        self._max_header_bytes = max_header_bytes
+        self._buf = bytearray()
+        # Where the next search for LF starts: bytes before it are known to hold none,
+        # so byte-at-a-time feeding stays linear rather than quadratic.
+        self._scan = 0
+        self._start: tuple[str, str, str] | None = None
+        self._headers = Headers()
+        self._header_bytes = 0
+        self._done = False
+        self._rest = bytearray()
+        self._error: HandshakeError | None = None
+
+    @property
+    def rest(self) -> bytes:
+        """Bytes received after the blank line ending the head (maybe WebSocket frames)."""
+        return bytes(self._rest)
+
+    def feed(self, data: bytes) -> _T | None:
+        """Consume ``data``; return the parsed head once complete, else None.
+
+        After the head is complete, further data is appended to :attr:`rest` and None is
+        returned. After an error, the parser stays failed and raises the same error again.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            self._rest += data
+            return None
+        self._buf += data
+        try:
+            return self._parse()
+        except HandshakeError as exc:
+            self._error = exc
+            self._buf.clear()
+            raise
+
+    def _fail(self, message: str, status: int) -> HandshakeError:
+        return HandshakeError(message, 0 if self._client else status)
+
+    def _parse(self) -> _T | None:
+        while True:
+            lf = self._buf.find(b"\n", self._scan)
+            if lf < 0:
+                self._scan = len(self._buf)
+                self._check_pending(len(self._buf))
+                return None
+            # The limits a pending line is held to apply first, to the bytes before
+            # the LF: fed byte by byte they fire before the LF arrives, so they must
+            # win over whatever the LF would reveal (a bare LF), for any split.
+            self._check_pending(lf)
+            line = bytes(self._buf[: lf + 1])
+            del self._buf[: lf + 1]
+            self._scan = 0
+            if not line.endswith(b"\r\n"):
+                raise self._fail(f"line ending in a bare LF: {_snippet(line)}", 400)
+            content = line[:-2]
+            if self._start is None:
+                if len(content) > self._max_line:
+                    raise self._fail(self._too_long("start line"), self._start_line_too_long)
+                if not content:
+                    raise self._fail("empty start line", 400)
+                self._start = self._parse_start(content)
+                continue
+            self._header_bytes += len(line)
+            if len(content) > self._max_line:
+                raise self._fail(self._too_long("header line"), 431)
+            if self._header_bytes > self._max_header_bytes:
+                raise self._fail(self._too_big(), 431)
+            if not content:
+                self._done = True
+                self._rest += self._buf
+                self._buf.clear()
+                return self._build(self._start, self._headers)
+            if len(self._headers) >= self._max_headers:
+                raise self._fail(f"more than {self._max_headers} header fields", 431)
+            self._parse_field(content)
+
+    def _check_pending(self, pending: int) -> None:
+        """Enforce the limits on a line of which ``pending`` bytes came before its LF.
+
+        A pending line of ``max_line + 2`` bytes is over the limit whatever comes next
+        (at best its last byte is the CR), so waiting for more would only buffer more.
+        """
+        if self._start is None:
+            if pending > self._max_line + 1:
+                raise self._fail(self._too_long("start line"), self._start_line_too_long)
+            return
+        if pending > self._max_line + 1:
+            raise self._fail(self._too_long("header line"), 431)
+        if self._header_bytes + pending > self._max_header_bytes:
+            raise self._fail(self._too_big(), 431)
+
+    def _too_long(self, what: str) -> str:
+        return f"{what} longer than {self._max_line} bytes"
+
+    def _too_big(self) -> str:
+        return f"header section larger than {self._max_header_bytes} bytes"
+
+    def _parse_field(self, content: bytes) -> None:
+        # RFC 7230 §3.2.4: obs-fold is obsolete and a server must refuse it (or rewrite
+        # it); refusing is the only choice that cannot be misread by a proxy in front.
+        if content[0] in b" \t":
+            raise self._fail(f"obsolete line folding (obs-fold): {_snippet(content)}", 400)
+        name, colon, value = content.partition(b":")
+        if not colon:
+            raise self._fail(f"header line without a colon: {_snippet(content)}", 400)
+        # Whitespace between name and colon is refused too (RFC 7230 §3.2.4): this catches
+        # it, since SP is not a tchar.
+        if not TOKEN_BYTES_RE.fullmatch(name):
+            raise self._fail(f"invalid header name {_snippet(name)}", 400)
+        value = value.strip(b" \t")
+        if not FIELD_VALUE_BYTES_RE.fullmatch(value):
+            raise self._fail(
+                f"control character in the value of {name.decode('ascii')}: {_snippet(value)}",
+                400,
+            )
+        # obs-text is legal in values; latin-1 maps every byte so nothing is lost.
+        self._headers.add(name.decode("ascii"), value.decode("latin-1"))
+
+    def _parse_version(self, version: bytes, line: bytes) -> str:
+        match = _HTTP_VERSION_RE.fullmatch(version)
+        if match is None:
+            raise self._fail(f"malformed HTTP version in {_snippet(line)}", 400)
+        # RFC 6455 §4.1 requires HTTP/1.1 or higher; later 1.x minors stay compatible,
+        # while HTTP/1.0 has no Upgrade and HTTP/2+ never looks like this on the wire.
+        if match.group(1) != b"1" or match.group(2) == b"0":
+            raise self._fail(f"unsupported HTTP version {version.decode('ascii')}", 505)
+        return version.decode("ascii")
+
+    def _parse_start(self, line: bytes) -> tuple[str, str, str]:
+        raise NotImplementedError
+
+    def _build(self, start: tuple[str, str, str], headers: Headers) -> _T:
+        raise NotImplementedError
+
+
+class RequestParser(_HeadParser[Request]):
+    """Incremental, bounded parser of the client's request head (server side).
+
+    Errors are :class:`~epws.exceptions.HandshakeError` whose ``status`` is the HTTP
+    answer to send: 400 malformed (bare LF is refused), 414 request line over
+    ``max_line``, 431 header line over ``max_line``, header section over
+    ``max_header_bytes`` or more than ``max_headers`` fields, 505 a version other than
+    HTTP/1.x with x >= 1. Every limit fires as soon as the buffered bytes prove it is
+    exceeded, never after the oversize input was buffered in full.
+    """
+
+    _start_line_too_long = 414
+
+    def _parse_start(self, line: bytes) -> tuple[str, str, str]:
+        parts = line.split(b" ")
+        if len(parts) != 3:
+            raise self._fail(f"malformed request line {_snippet(line)}", 400)
+        method, target, version = parts
+        if not TOKEN_BYTES_RE.fullmatch(method):
+            raise self._fail(f"invalid method in request line {_snippet(line)}", 400)
+        if not _TARGET_BYTES_RE.fullmatch(target):
+            raise self._fail(f"invalid request-target in request line {_snippet(line)}", 400)
+        return method.decode("ascii"), target.decode("ascii"), self._parse_version(version, line)
+
+    def _build(self, start: tuple[str, str, str], headers: Headers) -> Request:
+        return Request(start[0], start[1], start[2], headers)
+
+
+class ResponseParser(_HeadParser[Response]):
+    """Incremental, bounded parser of the server's response head (client side).
+
+    The body is not read: a 101 has none, and for any other status the handshake has
+    failed anyway. Every error is a :class:`~epws.exceptions.HandshakeError` with
+    ``status`` 0, meaning the server did not answer usable HTTP.
+    """
+
+    _client = True
+
+    def _parse_start(self, line: bytes) -> tuple[str, str, str]:
+        version, sp1, rest = line.partition(b" ")
+        # The grammar wants "SP reason-phrase" even when the phrase is empty, but a
+        # missing trailing space is harmless and common enough to accept.
+        status, _, reason = rest.partition(b" ")
+        if not sp1 or not _STATUS_CODE_RE.fullmatch(status):
+            raise self._fail(f"malformed status line {_snippet(line)}", 400)
+        if not FIELD_VALUE_BYTES_RE.fullmatch(reason):
+            raise self._fail(f"control character in status line {_snippet(line)}", 400)
+        return self._parse_version(version, line), status.decode("ascii"), reason.decode("latin-1")
+
+    def _build(self, start: tuple[str, str, str], headers: Headers) -> Response:
+        return Response(int(start[1]), start[2], headers)
+
+
+def render_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """Serialize a head, refusing anything that could inject a line or a field."""
+    lines = [start_line]
+    for name, value in headers:
+        require_token(name, "header name")
+        if not FIELD_VALUE_RE.fullmatch(value):
+            raise ValueError(
+                f"value of header {name} contains CR, LF, NUL or another control character "
+                f"or a non-latin-1 character: {value!r}"
+            )
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def build_http_response(
+    status: int,
+    *,
+    body: bytes = b"",
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Iterable[tuple[str, str]] = (),
+    close: bool = True,
+) -> bytes:
+    """A plain HTTP/1.1 response, for errors and for requests that are not upgrades.
+
+    The reason phrase is the standard one (empty for unregistered codes). 1xx, 204 and
+    304 responses cannot carry a body (RFC 7230 §3.3), so they get no Content-Type or
+    Content-Length and a body raises ValueError, as does a control character in a header.
+    """
+    if not 100 <= status <= 999:
+        raise ValueError(f"HTTP status must have three digits, got {status}")
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    fields: list[tuple[str, str]] = []
+    if status < 200 or status in (204, 304):
+        if body:
+            raise ValueError(f"a {status} response cannot have a body")
+    else:
+        fields.append(("Content-Type", content_type))
+        fields.append(("Content-Length", str(len(body))))
+    if close:
+        fields.append(("Connection", "close"))
+    fields.extend(headers)
+    return render_head(f"HTTP/1.1 {status} {reason}", fields) + body
