@@ -342,6 +342,7 @@ async def test_keepalive_and_read_deadline_share_one_entry() -> None:
 
 async def test_keepalive_parameters_are_checked() -> None:
     """Caught when the connection is made, before it touches any socket."""
-    for bad in ({"ping_interval": 0}, {"ping_interval": 1, "ping_timeout": -1}):
+    bad: tuple[float, float | None]
+    for bad in ((0, None), (1, -1)):
         with pytest.raises(ValueError, match="positive"):
-            epws.Conn(Connection(Side.CLIENT), **bad)
+            epws.Conn(Connection(Side.CLIENT), ping_interval=bad[0], ping_timeout=bad[1])

@@ -216,9 +216,9 @@ class Conn(asyncio.Protocol):
             if ping_interval <= 0 or (ping_timeout is not None and ping_timeout <= 0):
                 raise ValueError("ping_interval and ping_timeout must be positive (or None)")
             self._keepalive = (ping_interval, ping_timeout)
-            now = self.loop.time()
-            self._ka_sent = now  # the handshake just proved the peer alive
-            self._ka_at = now + ping_interval
+            # The handshake just proved the peer alive: the first ping is due after one
+            # interval (_ka_sent stays 0.0, a shared constant, not a float per conn).
+            self._ka_at = self.loop.time() + ping_interval
             self._arm_deadline()
 
     # ------------------------------------------------------------ properties
