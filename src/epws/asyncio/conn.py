@@ -122,9 +122,10 @@ class Conn(asyncio.Protocol):
         "_error",
         "_inbound",
         "_ka_at",
+        "_ka_interval",
         "_ka_sent",
+        "_ka_timeout",
         "_ka_waiting",
-        "_keepalive",
         "_late_pong",
         "_latency",
         "_lost",
@@ -191,9 +192,12 @@ class Conn(asyncio.Protocol):
         # application's read deadline and the next keepalive event.
         self._read_deadline: float | None = None
         self._user_deadline: float | None = None  # set_read_deadline's
-        # Keepalive: (interval, timeout) or None; when the next keepalive event is due;
-        # when the last keepalive ping went out; whether its pong is still awaited.
-        self._keepalive: tuple[float, float | None] | None = None
+        # Keepalive: its interval (None: off) and timeout, two slots rather than a
+        # tuple, which would be one more object per connection; when the next keepalive
+        # event is due; when the last keepalive ping went out; whether its pong is
+        # still awaited.
+        self._ka_interval: float | None = None
+        self._ka_timeout: float | None = None
         self._ka_at: float | None = None
         self._ka_sent = 0.0
         self._ka_waiting = False
@@ -215,7 +219,8 @@ class Conn(asyncio.Protocol):
         if ping_interval is not None:
             if ping_interval <= 0 or (ping_timeout is not None and ping_timeout <= 0):
                 raise ValueError("ping_interval and ping_timeout must be positive (or None)")
-            self._keepalive = (ping_interval, ping_timeout)
+            self._ka_interval = ping_interval
+            self._ka_timeout = ping_timeout
             # The handshake just proved the peer alive: the first ping is due after one
             # interval (_ka_sent stays 0.0, a shared constant, not a float per conn).
             self._ka_at = self.loop.time() + ping_interval
@@ -1048,12 +1053,12 @@ class Conn(asyncio.Protocol):
         One keepalive ping at a time: while one waits for its pong no other is sent, so
         pings never pile up behind data when the peer reads slowly.
         """
-        keepalive = self._keepalive
-        if keepalive is None or self._closed or self._proto.close_sent is not None:
+        interval = self._ka_interval
+        if interval is None or self._closed or self._proto.close_sent is not None:
             # Closing: close_timeout bounds the rest.
             self._ka_at = None
             return
-        interval, timeout = keepalive
+        timeout = self._ka_timeout
         sent = self._ka_sent
         if self._ka_waiting:
             if timeout is not None and sent + timeout <= due:
@@ -1100,10 +1105,10 @@ class Conn(asyncio.Protocol):
             sent = self._ka_sent
             if payload == KEEPALIVE_PAYLOAD:
                 self._latency = now - sent
-            keepalive = self._keepalive
+            interval = self._ka_interval
             ka = self._ka_at
-            if keepalive is not None and ka is not None and sent + keepalive[0] < ka:
-                self._ka_at = sent + keepalive[0]  # interval < timeout: ping sooner
+            if interval is not None and ka is not None and sent + interval < ka:
+                self._ka_at = sent + interval  # interval < timeout: ping sooner
                 self._arm_deadline()
         pings = self._pings
         if pings and payload in pings:
