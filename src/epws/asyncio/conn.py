@@ -68,6 +68,8 @@ KEEPALIVE_PAYLOAD = b"epws keepalive"
 #: Seconds: how early a due time may be acted on (as in deadlines.py: asyncio's timers
 #: run up to about a millisecond early).
 _EARLY = 0.001
+#: "No keepalive ping sent yet": one shared float, so a new connection allocates none.
+_NEVER = float("-inf")
 
 
 def _drop(message: str | bytes) -> None:
@@ -199,7 +201,7 @@ class Conn(asyncio.Protocol):
         self._ka_interval: float | None = None
         self._ka_timeout: float | None = None
         self._ka_at: float | None = None
-        self._ka_sent = 0.0
+        self._ka_sent = _NEVER
         self._ka_waiting = False
         self._latency: float | None = None
         self._write_deadline: float | None = None
@@ -222,7 +224,7 @@ class Conn(asyncio.Protocol):
             self._ka_interval = ping_interval
             self._ka_timeout = ping_timeout
             # The handshake just proved the peer alive: the first ping is due after one
-            # interval (_ka_sent stays 0.0, a shared constant, not a float per conn).
+            # interval (_ka_sent stays _NEVER until then).
             self._ka_at = self.loop.time() + ping_interval
             self._arm_deadline()
 
