@@ -198,3 +198,57 @@ async def test_item8_raising_on_message_still_handles_the_close_in_the_same_chun
             assert pongs == [b"late"]
         finally:
             raw.close()
+
+
+@pytest.mark.parametrize("count", [3, 100])
+async def test_on_message_set_after_connect_gets_the_queued_messages(count: int) -> None:
+    """A client can only set on_message once connect() has returned: what arrived
+    before (3 messages: queued; 100: the queue full, the rest held as wire bytes) is
+    handed to it in order, then what comes later. Before the fix none of it was."""
+    more = asyncio.Event()
+
+    async def handler(conn: epws.Conn) -> None:
+        for i in range(count):
+            await conn.send(f"early {i}")
+        await more.wait()
+        await conn.send("late")
+        await conn.wait_closed()
+
+    server = await epws.serve(handler, "127.0.0.1", 0, close_timeout=2.0)
+    try:
+        conn = await epws.connect(url(server), max_queue=16)
+        await asyncio.sleep(0.3)  # the early messages arrive (or fill the queue)
+        got: list[str | bytes] = []
+        conn.on_message = got.append
+        assert got[:16] == [f"early {i}" for i in range(min(count, 16))]
+        more.set()
+        async with asyncio.timeout(10):
+            while len(got) < count + 1:
+                await asyncio.sleep(0.01)
+        assert got == [f"early {i}" for i in range(count)] + ["late"]
+        await conn.close()
+    finally:
+        await server.close(timeout=2.0)
+
+
+async def test_on_message_set_after_the_peer_closed_gets_messages_then_the_close() -> None:
+    """Messages queued before the peer's close frame: delivered, then the close ends."""
+
+    async def handler(conn: epws.Conn) -> None:
+        await conn.send("a")
+        await conn.send("b")
+        await conn.close()
+
+    server = await epws.serve(handler, "127.0.0.1", 0, close_timeout=2.0)
+    try:
+        conn = await epws.connect(url(server))
+        await asyncio.sleep(0.3)
+        got: list[str | bytes] = []
+        closed: asyncio.Future[epws.ConnectionClosed] = asyncio.get_running_loop().create_future()
+        conn.on_close = closed.set_result
+        conn.on_message = got.append
+        exc = await asyncio.wait_for(closed, 5)
+        assert got == ["a", "b"]
+        assert isinstance(exc, epws.ConnectionClosedOK) and exc.rcvd_code == 1000
+    finally:
+        await server.close(timeout=2.0)

@@ -52,7 +52,8 @@ class Dialer:
         handshake_timeout: seconds for TCP, proxy, TLS and the HTTP exchange together
             (each redirect gets its own).
         ssl: the TLS context for ``wss://`` URLs (default: ``ssl.create_default_context()``).
-        read_limit, max_queue, write_limit, close_timeout: as on :class:`~epws.Upgrader`.
+        read_limit, max_queue, write_limit, close_timeout, ping_interval, ping_timeout:
+            as on :class:`~epws.Upgrader`.
         compression: permessage-deflate settings (:class:`~epws.PerMessageDeflate`;
             offered by default, as browsers do), or None to offer nothing.
         proxy: a proxy URL (``http://``, ``https://``, ``socks5://``, ``socks5h://``,
@@ -71,6 +72,8 @@ class Dialer:
     max_queue: int = 16
     write_limit: int = 64 * 1024
     close_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
     compression: Any = field(default_factory=PerMessageDeflate)
     proxy: str | bool | None = True
     proxy_ssl: ssl_module.SSLContext | None = None
@@ -190,6 +193,8 @@ class Dialer:
             max_queue=self.max_queue,
             write_limit=self.write_limit,
             close_timeout=self.close_timeout,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
             subprotocol=subprotocol,
             response=response,
         )

@@ -61,6 +61,16 @@ _OK_CODES = (1000, 1001, 1005)
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops the queue
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
+#: The payload of keepalive pings: not 4 bytes (what :meth:`Conn.ping` makes by
+#: default) nor empty (what gorilla's chat sends), so the app's pings and the
+#: keepalive's never answer for each other.
+KEEPALIVE_PAYLOAD = b"epws keepalive"
+#: Seconds: how early a due time may be acted on (as in deadlines.py: asyncio's timers
+#: run up to about a millisecond early).
+_EARLY = 0.001
+#: "No keepalive ping sent yet": one shared float, so a new connection allocates none.
+_NEVER = float("-inf")
+
 
 def _drop(message: str | bytes) -> None:
     """Stands in for a failed ``on_message`` for the rest of the chunk."""
@@ -94,8 +104,16 @@ class Conn(asyncio.Protocol):
         subprotocol: the negotiated subprotocol, or None.
         close_timeout: seconds :meth:`close` waits for the peer's close frame and TCP
             close, and at most how long a peer's close frame waits behind unread messages.
-        pong_handler: called with each pong's payload (gorilla's SetPongHandler).
+        pong_handler: called with each pong's payload (gorilla's SetPongHandler),
+            the keepalive's pongs included.
         ping_handler: called with each ping's payload; the pong is sent regardless.
+
+    Keepalive (``ping_interval``, ``ping_timeout``; see docs/keepalive.md): a ping
+    every ``ping_interval`` seconds, one at a time; no pong (of any payload) within
+    ``ping_timeout`` seconds fails the connection with 1011 and drops TCP, whether or
+    not the application reads. It costs no timer and no task: the connection's next
+    keepalive event and its read deadline share its one entry in the loop's deadline
+    queue (deadlines.py).
     """
 
     __slots__ = (
@@ -105,12 +123,20 @@ class Conn(asyncio.Protocol):
         "_drain_waiters",
         "_error",
         "_inbound",
+        "_ka_at",
+        "_ka_interval",
+        "_ka_sent",
+        "_ka_timeout",
+        "_ka_waiting",
         "_late_pong",
+        "_latency",
         "_lost",
+        "_on_message",
         "_pings",
         "_proto",
         "_read_deadline",
         "_registry",
+        "_user_deadline",
         "_wpending",
         "_wpending_size",
         "_write_deadline",
@@ -120,7 +146,6 @@ class Conn(asyncio.Protocol):
         "close_timeout",
         "loop",
         "on_close",
-        "on_message",
         "ping_handler",
         "pong_handler",
         "request",
@@ -139,6 +164,8 @@ class Conn(asyncio.Protocol):
         subprotocol: str | None = None,
         request: Request | None = None,
         response: Response | None = None,
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
     ) -> None:
         self._proto = proto
         self.loop = asyncio.get_running_loop()
@@ -149,7 +176,7 @@ class Conn(asyncio.Protocol):
         self.close_timeout = close_timeout
         self.ping_handler: Callable[[bytes], object] | None = None
         self.pong_handler: Callable[[bytes], object] | None = None
-        self.on_message: Callable[[str | bytes], object] | None = None
+        self._on_message: Callable[[str | bytes], object] | None = None
         self.on_close: Callable[[ConnectionClosed], object] | None = None
         self._inbound = Inbound(self, max_queue)
         self._write_paused = False
@@ -163,7 +190,20 @@ class Conn(asyncio.Protocol):
         # over the high-water mark (only the latest is answered, RFC 6455 §5.5.3).
         self._late_pong: bytes | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] | None = None
-        self._read_deadline: float | None = None  # kept by deadlines.queue_for(loop)
+        # The connection's entry in deadlines.queue_for(loop): the earlier of the
+        # application's read deadline and the next keepalive event.
+        self._read_deadline: float | None = None
+        self._user_deadline: float | None = None  # set_read_deadline's
+        # Keepalive: its interval (None: off) and timeout, two slots rather than a
+        # tuple, which would be one more object per connection; when the next keepalive
+        # event is due; when the last keepalive ping went out; whether its pong is
+        # still awaited.
+        self._ka_interval: float | None = None
+        self._ka_timeout: float | None = None
+        self._ka_at: float | None = None
+        self._ka_sent = _NEVER
+        self._ka_waiting = False
+        self._latency: float | None = None
         self._write_deadline: float | None = None
         # One timer at a time: answer a deferred close when due, or, once our close
         # frame is out, drop TCP if the peer has not finished the handshake.
@@ -178,8 +218,69 @@ class Conn(asyncio.Protocol):
         # Corked writes: frames written during one loop iteration go out in one call.
         self._wpending: list[bytes] | None = None
         self._wpending_size = 0
+        if ping_interval is not None:
+            if ping_interval <= 0 or (ping_timeout is not None and ping_timeout <= 0):
+                raise ValueError("ping_interval and ping_timeout must be positive (or None)")
+            self._ka_interval = ping_interval
+            self._ka_timeout = ping_timeout
+            # The handshake just proved the peer alive: the first ping is due after one
+            # interval (_ka_sent stays _NEVER until then).
+            self._ka_at = self.loop.time() + ping_interval
+            self._arm_deadline()
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def on_message(self) -> Callable[[str | bytes], object] | None:
+        """The callback mode's message handler: set, every message goes to it, in order.
+
+        Messages that were already queued (a client's that arrived before
+        :func:`~epws.connect` returned, say) are handed to it at once, from the
+        assignment itself and in order, before any message that comes later; set
+        :attr:`on_close` first if the callback may close. None goes back to reading.
+        """
+        return self._on_message
+
+    @on_message.setter
+    def on_message(self, callback: Callable[[str | bytes], object] | None) -> None:
+        self._on_message = callback
+        if callback is not None:
+            inbound = self._inbound
+            if len(inbound) or inbound.held:
+                self._deliver_queued(callback)
+
+    def _deliver_queued(self, callback: Callable[[str | bytes], object]) -> None:
+        """Callback mode began with messages queued: hand them on, then the held input."""
+        inbound = self._inbound
+        for ev in inbound.take():
+            kind = type(ev)
+            if kind is str or kind is bytes:
+                if callback is _drop:
+                    continue
+                try:
+                    callback(ev)  # type: ignore[arg-type]
+                except Exception:
+                    logger.exception("on_message callback failed")
+                    callback = _drop
+                    self.close_nowait(1011, "internal error")
+                continue
+            # The peer's close frame (or a failure) the reader would have reached.
+            deferred = self._deferred
+            if deferred is not None:
+                self._act_on(deferred)
+        if inbound.held:
+            self._parse_held()  # in callback mode: pumps, then resumes reading
+        else:
+            inbound.resume(FULL)
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds: the round trip of the last keepalive ping, None before its first pong.
+
+        Measured from our keepalive ping to its pong, so it includes the time the pong
+        waited behind data in either direction (as the application sees it).
+        """
+        return self._latency
 
     @property
     def side(self) -> Side:
@@ -270,7 +371,7 @@ class Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         proto = self._proto
         inbound = self._inbound
-        if self.on_message is None:
+        if self._on_message is None:
             # The protocol completes no more messages than the queue has room for;
             # the rest stays in it as wire bytes, and the queue pauses reading.
             events = proto.receive_data(data, inbound.room())
@@ -315,7 +416,7 @@ class Conn(asyncio.Protocol):
         """
         inbound = self._inbound
         inbound.held = False
-        if self.on_message is not None:
+        if self._on_message is not None:
             self._pump()
             return
         self._receive(inbound.room())
@@ -344,7 +445,7 @@ class Conn(asyncio.Protocol):
     def _dispatch(self, events: list[Any]) -> None:
         """Hand a chunk's events on, in order: messages, control frames, the end."""
         inbound = self._inbound
-        on_message = self.on_message
+        on_message = self._on_message
         queue = None
         for ev in events:
             kind = type(ev)
@@ -430,8 +531,9 @@ class Conn(asyncio.Protocol):
         if registry is not None:
             self._registry = None
             registry.discard(self)
+        self._user_deadline = self._ka_at = None
         if self._read_deadline is not None:
-            self.set_read_deadline(None)
+            self._arm_deadline()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -469,7 +571,7 @@ class Conn(asyncio.Protocol):
         self._write_paused = False
         inbound = self._inbound
         inbound.resume(WRITING)
-        if inbound.held and self.on_message is not None:
+        if inbound.held and self._on_message is not None:
             # Callback mode stopped parsing under the pressure: go on (reading stays
             # paused, FULL, until nothing is held).
             self._parse_held()
@@ -677,7 +779,7 @@ class Conn(asyncio.Protocol):
 
     async def recv(self) -> str | bytes:
         """Wait for the next message: ``str`` for text, ``bytes`` for binary."""
-        if self.on_message is not None:
+        if self._on_message is not None:
             raise InvalidState("messages are delivered to on_message, not read")
         inbound = self._inbound
         while True:
@@ -723,6 +825,14 @@ class Conn(asyncio.Protocol):
         """
         if self._closed:
             when = None
+        self._user_deadline = when
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        """Keep the queue entry at the earlier of the read deadline and the keepalive's."""
+        user = self._user_deadline
+        ka = self._ka_at
+        when = user if ka is None or (user is not None and user < ka) else ka
         old = self._read_deadline
         if when == old:
             return
@@ -730,8 +840,21 @@ class Conn(asyncio.Protocol):
         queue_for(self.loop).changed(self.loop, self, old, when)
 
     def _read_timed_out(self) -> None:
-        """The read deadline passed (called by the loop's deadline queue)."""
-        if self.on_message is not None:
+        """The queue entry is due (called by the loop's deadline queue, which cleared
+        it): the read deadline passed, or a keepalive event is due, or both."""
+        due = self.loop.time() + _EARLY
+        user = self._user_deadline
+        if user is not None and user <= due:
+            self._user_deadline = None
+            self._user_timed_out()
+        ka = self._ka_at
+        if ka is not None and ka <= due:
+            self._keepalive_due(due)
+        if not self._closed:
+            self._arm_deadline()
+
+    def _user_timed_out(self) -> None:
+        if self._on_message is not None:
             if self._error is None:
                 self._error = self._closed_error(TimeoutError("read deadline exceeded"))
             self.abort()
@@ -926,7 +1049,69 @@ class Conn(asyncio.Protocol):
         self._check_open()
         self._write(self._proto.send_pong(data))
 
+    def _keepalive_due(self, due: float) -> None:
+        """The keepalive's event: send the next ping, or fail a peer that never answered.
+
+        One keepalive ping at a time: while one waits for its pong no other is sent, so
+        pings never pile up behind data when the peer reads slowly.
+        """
+        interval = self._ka_interval
+        if interval is None or self._closed or self._proto.close_sent is not None:
+            # Closing: close_timeout bounds the rest.
+            self._ka_at = None
+            return
+        timeout = self._ka_timeout
+        sent = self._ka_sent
+        if self._ka_waiting:
+            if timeout is not None and sent + timeout <= due:
+                self._ka_at = None
+                self._keepalive_failed()
+                return
+            # No timeout (latency only), or the interval came first: wait on.
+            self._ka_at = sent + timeout if timeout is not None else due + interval
+            return
+        if sent + interval > due:  # the pong came, the timeout passed: ping when due
+            self._ka_at = sent + interval
+            return
+        now = self.loop.time()
+        self._ka_sent = now
+        self._ka_waiting = True
+        self._ka_at = now + (timeout if timeout is not None else interval)
+        self._write(self._proto.send_ping(KEEPALIVE_PAYLOAD))
+
+    def _keepalive_failed(self) -> None:
+        """No pong within ping_timeout: 1011, then drop TCP without waiting for the peer.
+
+        The close frame goes out (it reaches a peer that is only slow); TCP then goes
+        at once, gracefully if the frame left our buffer, else by a reset, since a peer
+        that does not read would hold the buffer and the socket for ever.
+        """
+        frame = self._proto.fail(1011, "keepalive ping timeout")
+        self._error = self._closed_error(TimeoutError("keepalive ping timeout"))
+        self._start_close(frame, failed=True)
+        transport = self.transport
+        if self._closed:
+            return
+        self._flush()
+        if transport.get_write_buffer_size():
+            self.abort()
+        else:
+            transport.close()
+
     def _on_pong(self, payload: bytes) -> None:
+        if self._ka_waiting:
+            # Any pong shows the peer alive: it may answer only the latest of several
+            # pings (RFC 6455 §5.5.3). Only ours times the round trip.
+            self._ka_waiting = False
+            now = self.loop.time()
+            sent = self._ka_sent
+            if payload == KEEPALIVE_PAYLOAD:
+                self._latency = now - sent
+            interval = self._ka_interval
+            ka = self._ka_at
+            if interval is not None and ka is not None and sent + interval < ka:
+                self._ka_at = sent + interval  # interval < timeout: ping sooner
+                self._arm_deadline()
         pings = self._pings
         if pings and payload in pings:
             # A pong acknowledges its ping and every earlier one (RFC 6455 §5.5.3).

@@ -206,6 +206,13 @@ class Inbound:
                 self._conn._parse_held()
         return item
 
+    def take(self) -> list[Item]:
+        """Everything queued, taken off at once (the Conn switched to callback mode)."""
+        events = self._events
+        items = list(events)
+        self._events = ()
+        return items
+
     async def wait(self, until: asyncio.Future[None] | None = None) -> None:
         """Wait for a message, the end, or ``until`` to be done; one reader at a time."""
         if self._reader is not None:

@@ -81,6 +81,10 @@ class Upgrader:
         handshake_timeout: seconds a client has to send its request before the
             connection is dropped.
         close_timeout: seconds the closing handshake may take.
+        ping_interval: seconds between keepalive pings (None: no keepalive); 20 by
+            default, see docs/keepalive.md.
+        ping_timeout: seconds a keepalive ping waits for a pong before the connection
+            fails with 1011 (None: never; the pings then only measure ``latency``).
         max_request_line, max_headers, max_header_bytes: bounds of the HTTP request,
             so a huge or endless request cannot hold memory.
         extra_headers: headers added to the 101 response.
@@ -95,6 +99,8 @@ class Upgrader:
     write_limit: int = 64 * 1024
     handshake_timeout: float = 10.0
     close_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_bytes: int = 65536
@@ -626,6 +632,8 @@ class _HTTPProtocol(asyncio.Protocol):
             max_queue=up.max_queue,
             write_limit=up.write_limit,
             close_timeout=up.close_timeout,
+            ping_interval=up.ping_interval,
+            ping_timeout=up.ping_timeout,
             subprotocol=subprotocol,
             request=request,
         )
