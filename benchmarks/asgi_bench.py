@@ -104,6 +104,7 @@ def measure(args: argparse.Namespace, scenario: tuple[Any, ...], ws: str, log: A
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=150, check=False)
             data = parse_json_line(done.stdout)
     if data.get("error"):
+        print(f"{name} --ws {ws}: {data['error']}", file=sys.stderr)
         return None
     value = data.get(metric)
     return float(value) if value is not None else None
@@ -122,7 +123,8 @@ def main() -> int:
         return 2
     scenarios = [s for s in SCENARIOS if not args.only or s[0] in args.only]
     values: dict[tuple[str, str], list[float]] = {}
-    with open(HERE / "results" / "asgi.log", "ab") as log:
+    (HERE / ".build").mkdir(exist_ok=True)
+    with open(HERE / ".build" / "asgi.log", "ab") as log:  # servers' output, not kept
         for round_ in range(args.repeats):
             for scenario in scenarios:
                 for impl, ws in IMPLEMENTATIONS.items():
