@@ -42,6 +42,7 @@ import math
 import os
 import queue
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -534,6 +535,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     p.add_argument("--chart", action="store_true", help="draw results/scale.png and exit")
     a = p.parse_args()
+    # SIGTERM unwinds like an error, so the server and generators are stopped by their
+    # context managers (the generators would stop on their stdin closing anyway).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.chart:
         print(chart(a.out))
         return 0
