@@ -47,7 +47,7 @@ from ..prepared import PreparedMessage
 from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
 from ..protocol.frames import MessageType
 from .deadlines import queue_for
-from .messages import FULL, WRITING, Inbound
+from .messages import FULL, WRITING, YIELD_EVENTS, Inbound
 
 if TYPE_CHECKING:
     from ..protocol.http11 import Request, Response
@@ -387,14 +387,21 @@ class Conn(asyncio.Protocol):
                 self._hold_pong(events)
             else:
                 self._write(out)
-        if events:
+        n = len(events)
+        if n:
             self._dispatch(events)
         if callback and proto.input_buffered:
             del events  # this batch is handed on: free it before the next one
-            self._pump()
+            n += self._pump()
+        if n > YIELD_EVENTS:
+            # A flood (pings and pongs cost no queue room; callback mode hands every
+            # message on at once): the other connections get their turn before this
+            # one is read again (see messages.py, YIELD).
+            inbound.yield_once()
 
-    def _receive(self, room: int | None) -> None:
-        """Parse input the protocol holds, up to ``room`` messages, and hand it on."""
+    def _receive(self, room: int | None) -> int:
+        """Parse input the protocol holds, up to ``room`` messages, and hand it on;
+        return how many events that made."""
         proto = self._proto
         events = proto.receive_data(b"", room)
         out = proto.data_to_send()
@@ -405,6 +412,7 @@ class Conn(asyncio.Protocol):
                 self._write(out)
         if events:
             self._dispatch(events)
+        return len(events)
 
     def _parse_held(self) -> None:
         """The queue made room (or closing began): parse input the protocol held back.
@@ -423,8 +431,9 @@ class Conn(asyncio.Protocol):
         if not inbound.held:
             inbound.resume(FULL)
 
-    def _pump(self) -> None:
-        """Callback mode: parse held input batch by batch until none is left.
+    def _pump(self) -> int:
+        """Callback mode: parse held input batch by batch until none is left; return
+        how many events that made.
 
         Under write pressure (reading paused for it) parsing stops and the input stays
         held, since each message may cost output (an echo); :meth:`resume_writing`
@@ -432,15 +441,17 @@ class Conn(asyncio.Protocol):
         """
         proto = self._proto
         inbound = self._inbound
+        n = 0
         while proto.input_buffered:
             if inbound.paused & WRITING:
                 inbound.hold()
-                return
+                return n
             before = proto.input_buffered
-            self._receive(inbound.high)
+            n += self._receive(inbound.high)
             if proto.input_buffered == before:
                 break  # an unfinished frame: it waits for more input
         inbound.resume(FULL)
+        return n
 
     def _dispatch(self, events: list[Any]) -> None:
         """Hand a chunk's events on, in order: messages, control frames, the end."""

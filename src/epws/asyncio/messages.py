@@ -28,6 +28,13 @@ Reading is paused while any of these holds, and resumed only when none does:
 * ``HANDOVER``: the server's opening-handshake protocol paused the transport while it
   answered the request; the bytes it read past the request come in through
   :meth:`Inbound.hand_over`, and only then may reading resume.
+* ``YIELD``: one read brought more than ``YIELD_EVENTS`` events (a flood of pings or
+  pongs, which cost no queue room, or a burst of messages in callback mode): reading
+  stops until the loop's next iteration, so every other connection is served between
+  two reads of this one (issue 9, "no peer blocks another": uvloop goes on reading one
+  readable socket, up to 32 reads per wake-up, and a witness connection waited for
+  its echo as long as a ping flood lasted). Normal traffic pays one length check per
+  read; what the flooder sends meanwhile waits in the kernel's socket buffer, not here.
 
 Closing mode (our close frame sent, the peer's close frame received, the protocol
 failed): reading never pauses again, because it must go on to see the peer's close
@@ -51,11 +58,17 @@ from ..protocol.connection import Close, Failure
 if TYPE_CHECKING:
     from .conn import Conn
 
-__all__ = ["FULL", "HANDOVER", "WRITING", "Inbound"]
+__all__ = ["FULL", "HANDOVER", "WRITING", "YIELD", "YIELD_EVENTS", "Inbound"]
 
 FULL = 1
 WRITING = 2
 HANDOVER = 4
+YIELD = 8
+
+#: Events (messages and control frames) one read may bring before reading pauses for
+#: one loop iteration: far above what a read of ordinary traffic brings in recv mode
+#: (``max_queue`` messages at most, and a control frame now and then).
+YIELD_EVENTS = 64
 
 _OPEN = 0
 _CLOSING = 1
@@ -97,7 +110,7 @@ class Inbound:
 
     @property
     def paused(self) -> int:
-        """The reasons reading is paused (``FULL | WRITING | HANDOVER``), 0 when reading."""
+        """The reasons reading is paused (``FULL | WRITING | HANDOVER | YIELD``), 0 when reading."""
         return self._paused
 
     # ------------------------------------------------------------ the writer side
@@ -159,6 +172,14 @@ class Inbound:
             self._paused = paused
             if not paused:
                 self._conn.transport.resume_reading()
+
+    def yield_once(self) -> None:
+        """Pause reading until the loop's next iteration (``YIELD``); a no-op in
+        closing mode or if already yielding, like every other reason."""
+        if self._paused & YIELD or self._state:
+            return
+        self.pause(YIELD)
+        self._conn.loop.call_soon(self.resume, YIELD)
 
     def hand_over(self, rest: bytes) -> None:
         """Take over a transport whose reading the opening handshake paused.
