@@ -43,14 +43,9 @@ from .asyncio.conn import Conn
 from .exceptions import ConnectionClosed, HandshakeError
 from .protocol.connection import Connection, MessageCodec, Side
 from .protocol.deflate import PerMessageDeflate
-from .protocol.handshake import (
-    Request,
-    RequestParser,
-    build_http_response,
-    build_response,
-    check_request,
-    parse_token_list,
-)
+from .protocol.handshake import build_response, check_request
+from .protocol.headers import parse_token_list
+from .protocol.http11 import Request, RequestParser, build_http_response
 
 __all__ = [
     "ClientDisconnected",

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import InvalidURI, ProxyError
-from ..protocol.handshake import Headers, Response
+from ..protocol.http11 import Headers, Response
 
 __all__ = ["open_via_proxy", "select_proxy"]
 

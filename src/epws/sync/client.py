@@ -43,15 +43,9 @@ from ..exceptions import (
 )
 from ..protocol.connection import Close, Connection, Failure, MessageCodec, Pong, Side
 from ..protocol.deflate import PerMessageDeflate
-from ..protocol.handshake import (
-    Headers,
-    Response,
-    ResponseParser,
-    build_request,
-    check_response,
-    generate_key,
-    parse_uri,
-)
+from ..protocol.handshake import build_request, check_response, generate_key
+from ..protocol.http11 import Headers, Response, ResponseParser
+from ..protocol.uri import parse_uri
 
 __all__ = ["ClientConnection", "connect", "unix_connect"]
 
