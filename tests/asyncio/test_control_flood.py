@@ -27,7 +27,7 @@ from typing import Any
 
 import epws
 
-from .wsraw import request_bytes
+from .wsraw import RawClient, close_frame, request_bytes
 
 FLOOD_SECONDS = 1.5
 #: Worst echo latency the witness may see while the flood runs: half the flood (idle:
@@ -240,3 +240,33 @@ async def test_message_flood_in_callback_mode_does_not_starve_another_connection
     assert result.echoes == result.expected, (result.echoes, result.expected)
     assert worst < WORST_ECHO, f"worst echo {worst:.3f} s over {echoes} echoes"
     assert echoes >= MIN_ECHOES, f"{echoes} echoes, worst {worst:.3f} s"
+
+
+async def test_yield_keeps_order_and_the_closing_rules() -> None:
+    """A burst of 200 pings with a message behind it, in one packet: reading pauses
+    for one iteration and resumes by itself (the message is echoed, after the pong of
+    the latest ping); then 200 pings and a close frame in one packet: closing mode
+    wins over the yield (reading never pauses again), the close is answered at once
+    and TCP goes, within a second (close_timeout is 2 s)."""
+    async with echo_server() as server:
+        raw = await RawClient.connect(server.port)
+        try:
+            pings = b"".join(zero_masked(9, b"%d" % i) for i in range(200))
+            raw.send(pings + zero_masked(1, b"after"))
+            async with asyncio.timeout(5):
+                frames = [await raw.read_frame() for _ in range(2)]
+            # Only the latest ping is answered (RFC 6455 §5.5.3), before the echo.
+            assert frames == [(10, True, b"199"), (1, True, b"after")], frames
+            (sconn,) = server.connections
+            await asyncio.sleep(0.05)
+            assert sconn._inbound.paused == 0, "reading stayed paused after the burst"
+            raw.send(pings + close_frame(1000))
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            async with asyncio.timeout(5):
+                assert await raw.read_close() == (1000, "")
+                assert await raw.at_eof()
+            assert loop.time() - start < 1.0
+            assert sconn.closed and sconn.close_code == 1000
+        finally:
+            raw.close()
