@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .asyncio.client import Backoff, Dialer, connect, unix_connect
 from .asyncio.conn import Conn, MessageWriter, broadcast
-from .asyncio.server import HTTPResponse, Server, Upgrader, serve
+from .asyncio.server import HTTPResponse, Server, Upgrader, serve, unix_serve
 from .exceptions import (
     BadOrigin,
     ConcurrencyError,
@@ -65,6 +65,7 @@ __all__ = [
     "is_unexpected_close",
     "serve",
     "unix_connect",
+    "unix_serve",
     "__version__",
 ]
 

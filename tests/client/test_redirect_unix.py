@@ -231,3 +231,26 @@ async def test_redirect_to_another_origin_drops_credentials() -> None:
                 await conn.close()
         assert srv.requests[0]["authorization"] == "Bearer s3cret"
         assert seen == [("/hop", None, None, "t1"), ("/final", None, None, "t1")]
+
+
+async def test_unix_serve_and_a_stale_socket_file(tmp_path: Path) -> None:
+    path = tmp_path / "serve.sock"
+    # A socket file left by a crashed run: nothing listens on it any more.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    server = await epws.unix_serve(echo, path)
+    try:
+        async with asyncio.timeout(10), epws.unix_connect(str(path)) as conn:
+            await conn.send("served on unix")
+            assert await conn.recv() == "served on unix"
+    finally:
+        await server.close(timeout=2.0)
+
+
+async def test_unix_serve_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    path = tmp_path / "data.txt"
+    path.write_text("precious")
+    with pytest.raises(OSError):
+        await epws.unix_serve(echo, path)
+    assert path.read_text() == "precious"

@@ -9,12 +9,14 @@ the application's ``process_request`` whether to answer it as plain HTTP (a page
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import inspect
 import logging
 import os
 import socket
 import ssl as ssl_module
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +36,7 @@ from ..protocol.handshake import (
 from ..protocol.http11 import Request, RequestParser, build_http_response
 from .conn import Conn
 
-__all__ = ["HTTPResponse", "Server", "Upgrader", "serve"]
+__all__ = ["HTTPResponse", "Server", "Upgrader", "serve", "unix_serve"]
 
 logger = logging.getLogger("epws.server")
 
@@ -710,3 +712,43 @@ async def serve(
             **tls,
         )
     return server
+
+
+async def unix_serve(
+    handler: Handler,
+    path: str | os.PathLike[str],
+    *,
+    upgrader: Upgrader | None = None,
+    process_request: ProcessRequest | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    backlog: int = 1024,
+    **kwargs: Any,
+) -> Server:
+    """Like :func:`serve`, listening on the Unix socket at ``path``.
+
+    For a server behind a reverse proxy on the same host (nginx's ``proxy_pass
+    http://unix:/run/app.sock``): no TCP port to allocate or firewall, and file
+    permissions decide who may connect. A socket file left at ``path`` by an earlier
+    run is replaced, as asyncio's own Unix server does; any other kind of file there is
+    an error, never removed. The socket file stays after :meth:`Server.close`.
+    """
+    path = os.fspath(path)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return await serve(
+        handler,
+        upgrader=upgrader,
+        process_request=process_request,
+        ssl=ssl,
+        sock=sock,
+        backlog=backlog,
+        **kwargs,
+    )
