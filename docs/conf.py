@@ -2,7 +2,7 @@
 
 The build runs in the test command with warnings as errors (``-W -n``), so a public name
 without a docstring or a cross-reference that does not resolve fails the build. The
-Python inventory comes from Debian's ``python3.11-doc`` (no network here or in CI);
+Python inventory comes from Debian's ``python3.X-doc`` (X: this Python's minor version) (no network here or in CI);
 without it, references into the standard library are not checked.
 """
 
@@ -37,7 +37,7 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
-_PY_INV = "/usr/share/doc/python3.11/html/objects.inv"
+_PY_INV = f"/usr/share/doc/python{sys.version_info[0]}.{sys.version_info[1]}/html/objects.inv"
 intersphinx_mapping = (
     {"python": ("https://docs.python.org/3", _PY_INV)} if os.path.exists(_PY_INV) else {}
 )
@@ -51,6 +51,8 @@ nitpick_ignore_regex = [
     (r"py:.*", r"_.*"),
     (r"py:class", r"(uvicorn|starlette|redis|socket\.socket|zlib)\..*"),
     (r"py:class", r"(Handler|ProcessRequest|ProcessResponse|Event|Deliver|OnError)"),
+    # Where autodoc finds asyncio.Protocol, a base class; the inventory names it asyncio.Protocol.
+    (r"py:class", r"asyncio\.protocols\.Protocol"),
 ]
 if not intersphinx_mapping:
     nitpick_ignore_regex.append((r"py:.*", r"(asyncio|ssl|collections|typing|socket|enum)\..*"))

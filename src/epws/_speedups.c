@@ -63,7 +63,8 @@ done:
 
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
-     "apply_mask(data, mask) -> bytes: XOR data with the 4-byte mask repeated."},
+     "apply_mask($module, data, mask, /)\n--\n\n"
+     "XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."},
     {NULL, NULL, 0, NULL},
 };
 

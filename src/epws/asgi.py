@@ -10,7 +10,7 @@ app) runs on epws unchanged: the ASGI HTTP & WebSocket spec 2.5 with the
 ``websocket.http.response`` (denial response) extension.
 
 Nothing here is a second WebSocket implementation. The request head is parsed by
-:class:`~epws.protocol.handshake.RequestParser` and checked by
+:class:`~epws.protocol.http11.RequestParser` and checked by
 :func:`~epws.protocol.handshake.check_request`, compression is negotiated by
 :meth:`~epws.PerMessageDeflate.server_negotiate`, the 101 is built by
 :func:`~epws.protocol.handshake.build_response`, and after the 101 the transport

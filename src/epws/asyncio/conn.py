@@ -107,6 +107,8 @@ class Conn(asyncio.Protocol):
         pong_handler: called with each pong's payload (gorilla's SetPongHandler),
             the keepalive's pongs included.
         ping_handler: called with each ping's payload; the pong is sent regardless.
+        on_close: called once with the :class:`~epws.ConnectionClosed` that describes
+            the end, when TCP is gone (how callback mode learns that a connection ended).
 
     Keepalive (``ping_interval``, ``ping_timeout``; see docs/keepalive.md): a ping
     every ``ping_interval`` seconds, one at a time; no pong (of any payload) within
@@ -232,12 +234,12 @@ class Conn(asyncio.Protocol):
 
     @property
     def on_message(self) -> Callable[[str | bytes], object] | None:
-        """The callback mode's message handler: set, every message goes to it, in order.
+        """The callback mode's message handler; once set, every message goes to it, in order.
 
         Messages that were already queued (a client's that arrived before
         :func:`~epws.connect` returned, say) are handed to it at once, from the
         assignment itself and in order, before any message that comes later; set
-        :attr:`on_close` first if the callback may close. None goes back to reading.
+        :attr:`~epws.Conn.on_close` first if the callback may close. None goes back to reading.
         """
         return self._on_message
 
@@ -275,7 +277,7 @@ class Conn(asyncio.Protocol):
 
     @property
     def latency(self) -> float | None:
-        """Seconds: the round trip of the last keepalive ping, None before its first pong.
+        """The round trip of the last keepalive ping in seconds, None before its first pong.
 
         Measured from our keepalive ping to its pong, so it includes the time the pong
         waited behind data in either direction (as the application sees it).
@@ -284,12 +286,12 @@ class Conn(asyncio.Protocol):
 
     @property
     def side(self) -> Side:
-        """Which end this is (:attr:`Side.SERVER` or :attr:`Side.CLIENT`)."""
+        """Which end this is (``Side.SERVER`` or ``Side.CLIENT``)."""
         return self._proto.side
 
     @property
     def read_limit(self) -> int:
-        """Largest message accepted, in bytes (0: no limit); larger ones close with 1009."""
+        """The largest message accepted in bytes, 0 for no limit; larger ones close with 1009."""
         return self._proto.max_size
 
     @read_limit.setter
@@ -321,7 +323,7 @@ class Conn(asyncio.Protocol):
 
     @property
     def close_code(self) -> int | None:
-        """The close code received (1005: none in the frame, 1006: no close frame), once closed."""
+        """The close code received once closed; 1005 if the frame had none, 1006 if none came."""
         rcvd = self._proto.close_rcvd
         if rcvd is not None:
             return rcvd.code
@@ -831,8 +833,8 @@ class Conn(asyncio.Protocol):
         As in gorilla, a read that times out leaves the connection unusable for reading:
         this read and every later one raise :class:`TimeoutError`; writing and closing
         still work. The chat's pong handler pushes the deadline forward on every pong.
-        In callback mode (with :attr:`on_message` set) there is no read to fail, so the
-        connection is dropped and :attr:`on_close` learns why.
+        In callback mode (with :attr:`~epws.Conn.on_message` set) there is no read to fail, so the
+        connection is dropped and :attr:`~epws.Conn.on_close` learns why.
         """
         if self._closed:
             when = None

@@ -673,8 +673,8 @@ async def serve(
     the peer leaving, logged at debug level only).
 
     A plain function handler selects the **callback mode**, for servers that hold many
-    connections: it is called once, sets :attr:`Conn.on_message` (and maybe
-    :attr:`Conn.on_close`) and returns; no task exists per connection, and the
+    connections: it is called once, sets :attr:`~epws.Conn.on_message` (and maybe
+    :attr:`~epws.Conn.on_close`) and returns; no task exists per connection, and the
     connection stays open until either side closes it. Messages are then handed to
     ``on_message`` from the protocol callback, in order, as they complete.
     """

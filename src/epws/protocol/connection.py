@@ -225,8 +225,8 @@ class Connection:
     """The protocol state of one WebSocket connection, after the opening handshake.
 
     Args:
-        side: :attr:`Side.SERVER` requires masked frames from the peer and sends
-            unmasked ones; :attr:`Side.CLIENT` the reverse.
+        side: ``Side.SERVER`` requires masked frames from the peer and sends
+            unmasked ones; ``Side.CLIENT`` the reverse.
         max_size: the read limit in bytes for one message (after decompression);
             ``None`` or 0 for no limit. Over it the connection fails with 1009.
         codec: the negotiated permessage-deflate codec, if any.
@@ -330,7 +330,7 @@ class Connection:
 
     @property
     def input_buffered(self) -> int:
-        """Bytes received but not parsed yet: an incomplete frame, or input held back
+        """Bytes received but not parsed yet, such as an incomplete frame or input held back
         by ``max_messages`` until :meth:`receive_data` is called again with room."""
         return len(self._buf) - self._off
 

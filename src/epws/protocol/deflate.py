@@ -277,7 +277,7 @@ class DeflateCodec:
 
         The work is linear in the input: zlib gets bounded slices, so the copy it makes
         of the input behind a stream end is short, and each stream after the first
-        costs :data:`RESTART_COST` bytes of ``max_size``.
+        costs ``RESTART_COST`` (1,024) bytes of ``max_size``.
 
         Raises:
             InflateError: wrapping MessageTooBig (1009) or ProtocolError (1007), with

@@ -37,7 +37,7 @@ TOKEN_BYTES_RE = re.compile(f"[{_TCHAR}]+".encode("ascii"))
 FIELD_VALUE_RE = re.compile("[\t\x20-\x7e\x80-\xff]*")
 #: :data:`FIELD_VALUE_RE` for bytes (header values as received).
 FIELD_VALUE_BYTES_RE = re.compile(b"[\t\x20-\x7e\x80-\xff]*")
-#: Optional whitespace (RFC 7230 §3.2.3): what is trimmed around list elements.
+#: Optional whitespace (RFC 7230 §3.2.3), trimmed around list elements.
 OWS = " \t"
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
