@@ -22,6 +22,12 @@ written by the application for it (an echo) must go out before the close frame.
 Payloads are consumed as they arrive, frame by frame and chunk by chunk, so a text
 message is rejected at the first byte that can no longer be UTF-8 and a message over
 the size limit is refused when its frame header arrives, before it is buffered.
+
+Why this module is longer than the others (about 750 lines): frame parsing is written
+inline in :meth:`Connection.receive_data`, next to the state it judges each frame by,
+because that loop is the hot path of every message received; splitting it into
+per-frame calls costs a function call and attribute lookups per frame. What is
+stateless lives in :mod:`epws.protocol.frames`.
 """
 
 from __future__ import annotations
