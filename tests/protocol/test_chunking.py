@@ -130,9 +130,9 @@ def run(side: Side, codec: bool, pieces: list[bytes], max_size: int) -> tuple[ob
     for piece in pieces:
         events += conn.receive_data(piece)
         pongs += conn.data_to_send()
-    # How many pongs depends on the split (pings between two data_to_send() calls get
-    # one answer, RFC 6455 §5.5.3): each answers a ping, in order, and the last one
-    # answers the latest ping.
+    # Each pong answers a ping, in order, and the last one answers the latest ping;
+    # only a backlog of more than PONG_BACKLOG pings between two data_to_send() calls
+    # drops the oldest (RFC 6455 §5.5.3), so how many depends on the split.
     peer = Connection(Side.CLIENT if side is Side.SERVER else Side.SERVER, max_size=0)
     answered = [ev.payload for ev in peer.receive_data(pongs) if isinstance(ev, Pong)]
     pinged = iter([ev.payload for ev in events if isinstance(ev, Ping)])

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from epws.exceptions import InvalidState, MessageTooBig
 from epws.protocol.connection import (
+    PONG_BACKLOG,
     Close,
     Connection,
     Event,
@@ -201,28 +202,40 @@ def test_random_splits_with_violation(cuts: list[int]) -> None:
     assert norm(feed_chunks(srv(), BAD_STREAM, cuts)) == ["ok", ("fail", 1007)]
 
 
-def test_only_the_latest_ping_is_answered_however_split() -> None:
-    """RFC 6455 §5.5.3: pings since the last data_to_send() get one pong, the latest."""
+def test_every_ping_is_answered_in_order_however_split() -> None:
+    """Pings since the last data_to_send() each get their pong, in order, whatever the
+    split (Autobahn|Testsuite 2.10/2.11 send ten pings in a row and expect ten pongs)."""
     conn = srv()
     for i in range(len(STREAM)):
         conn.receive_data(STREAM[i : i + 1])
-    assert conn.data_to_send() == bytes.fromhex("8a0d") + b"in the middle"
+    pings = [ev.payload for ev in srv().receive_data(STREAM) if isinstance(ev, Ping)]
+    assert len(pings) >= 2
+    expected = b"".join(b"\x8a" + bytes([len(p)]) + p for p in pings)
+    assert conn.data_to_send() == expected
     assert conn.data_to_send() == b""
     whole = srv()
     whole.receive_data(STREAM)
-    assert whole.data_to_send() == bytes.fromhex("8a0d") + b"in the middle"
+    assert whole.data_to_send() == expected
 
 
-def test_ping_flood_queues_one_pong() -> None:
+def test_ten_pings_in_one_read_get_ten_pongs() -> None:
+    conn = srv()
+    conn.receive_data(b"".join(raw(9, b"ping-%d" % i) for i in range(10)))
+    out = conn.data_to_send()
+    assert out == b"".join(b"\x8a\x06ping-%d" % i for i in range(10))
+
+
+def test_ping_flood_queues_at_most_the_backlog_of_latest_pongs() -> None:
     conn = srv()
     flood = b"".join(raw(9, b"%d" % i) for i in range(10000))
     events = conn.receive_data(flood)
     assert len(events) == 10000 and all(isinstance(ev, Ping) for ev in events)
-    assert conn.data_to_send() == b"\x8a\x049999"
+    latest = range(10000 - PONG_BACKLOG, 10000)
+    assert conn.data_to_send() == b"".join(b"\x8a\x04%d" % i for i in latest)
     assert conn.data_to_send() == b""
     conn.receive_data(raw(9, b"a"))
-    conn.receive_data(raw(9, b"b"))  # not read in between: still one pong
-    assert conn.data_to_send() == b"\x8a\x01b"
+    conn.receive_data(raw(9, b"b"))  # not read in between: both answered, in order
+    assert conn.data_to_send() == b"\x8a\x01a\x8a\x01b"
 
 
 # ---------------------------------------------------------------- UTF-8, fail fast

@@ -19,7 +19,7 @@ What must hold, whatever the sequence:
   its bound, nor any event after a Close or Failure;
 * without garbage, each side receives exactly what the other sent, in order (a message
   over the read limit is a 1009 in its place; data arriving after our own close frame is
-  dropped, and only data); the auto pong answers the latest ping only;
+  dropped, and only data); the auto pongs answer every ping, the latest PONG_BACKLOG of them;
 * chunking and bounds never change the result: the events equal those of a fresh
   Connection fed the same bytes whole (split only where the receiver sent its close).
 """
@@ -39,7 +39,16 @@ from hypothesis.stateful import (
 )
 
 from epws.exceptions import InvalidState, ProtocolError
-from epws.protocol.connection import Close, Connection, Event, Failure, Ping, Pong, Side
+from epws.protocol.connection import (
+    PONG_BACKLOG,
+    Close,
+    Connection,
+    Event,
+    Failure,
+    Ping,
+    Pong,
+    Side,
+)
 from epws.protocol.deflate import DeflateCodec, PerMessageDeflate
 from epws.protocol.http11 import Headers, Request, Response
 
@@ -175,7 +184,7 @@ class ConnectionPair(RuleBasedStateMachine):
         self.frag: dict[Side, tuple[int, bytes, list[bytes]] | None] = dict.fromkeys(SIDES)
         self.frag_sent: dict[Side, int] = dict.fromkeys(SIDES, 0)
         self.frag_failed: dict[Side, bool] = dict.fromkeys(SIDES, False)
-        self.pending_pong: dict[Side, bytes | None] = dict.fromkeys(SIDES)
+        self.pending_pong: dict[Side, list[bytes]] = {side: [] for side in SIDES}
         self.counter = 0
 
     def fresh(self, side: Side) -> Connection:
@@ -328,15 +337,19 @@ class ConnectionPair(RuleBasedStateMachine):
 
     @rule(side=st.sampled_from(SIDES))
     def send_auto(self, side: Side) -> None:
-        """What the protocol queued by itself: one pong, for the latest ping only."""
+        """What the protocol queued by itself: a pong per ping, the latest PONG_BACKLOG."""
         data = self.conns[side].data_to_send()
-        expected = self.pending_pong[side]
-        self.pending_pong[side] = None
-        if expected is None:
+        expected = self.pending_pong[side][-PONG_BACKLOG:]
+        self.pending_pong[side] = []
+        if not expected:
             assert data == b""
             return
         assert data
-        self.write(side, data, ("pong", expected))
+        pipe = self.out(side)
+        if pipe.eof:
+            return
+        self.write(side, data, None)
+        pipe.sent.extend(("pong", payload) for payload in expected)
 
     @rule(
         side=st.sampled_from(SIDES),
@@ -360,7 +373,7 @@ class ConnectionPair(RuleBasedStateMachine):
         if not wire:
             return
         self.frag[side] = None
-        self.pending_pong[side] = None
+        self.pending_pong[side] = []
         incoming = self.pipes[side]
         if incoming.close_at is None:
             incoming.close_at = len(incoming.fed) - conn.input_buffered
@@ -395,7 +408,7 @@ class ConnectionPair(RuleBasedStateMachine):
         pipe.got += [norm(ev) for ev in events]
         for ev in events:
             if isinstance(ev, Ping) and conn.close_sent is None:
-                self.pending_pong[side] = ev.payload
+                self.pending_pong[side].append(ev.payload)
             elif isinstance(ev, Failure):
                 # As the I/O layer does once the events before it are handled.
                 self.closing(side, conn.fail(ev.code, str(ev.error)))

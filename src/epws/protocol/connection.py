@@ -53,6 +53,7 @@ __all__ = [
     "Failure",
     "InflateError",
     "MessageCodec",
+    "PONG_BACKLOG",
     "Ping",
     "Pong",
     "Side",
@@ -89,7 +90,7 @@ class _ControlEvent:
 
 
 class Ping(_ControlEvent):
-    """A ping frame received; a pong is queued for the latest one (RFC 6455 §5.5.3)."""
+    """A ping frame received; its pong is queued (see :meth:`Connection.data_to_send`)."""
 
     __slots__ = ()
 
@@ -186,6 +187,11 @@ _BINARY = Opcode.BINARY.value
 _CLOSE = Opcode.CLOSE.value
 _PING = Opcode.PING.value
 _PONG = Opcode.PONG.value
+
+#: Most pongs waiting for :meth:`Connection.data_to_send`: past it, the oldest pending
+#: pong is dropped, so the latest pings are always answered and a flood costs at most
+#: this many pongs (2 KiB) per read.
+PONG_BACKLOG = 16
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -258,7 +264,7 @@ class Connection:
         "_msg_wire",
         "_off",
         "_out_frag",
-        "_pong",
+        "_pongs",
         "_server",
         "max_size",
         "side",
@@ -279,9 +285,10 @@ class Connection:
         self._buf: bytes | bytearray = b""
         self._off = 0
         self._eof = False
-        # Payload of the pong to send: RFC 6455 §5.5.3 lets us answer only the latest
-        # ping, so a ping flood from a peer that does not read costs one pong.
-        self._pong: bytes | None = None
+        # Payloads of the pings to answer, oldest first, at most PONG_BACKLOG: every
+        # ping gets its pong, but a flood keeps only the latest ones (RFC 6455 §5.5.3
+        # lets us answer only the latest), so it costs a few hundred bytes at most.
+        self._pongs: list[bytes] | None = None
         # Message being received: opcode (0 = none), size so far (inflated), wire size
         # (compressed messages), payload so far in one growing buffer (None until a
         # message needs more than one piece), and the UTF-8 validator of a text one.
@@ -634,7 +641,13 @@ class Connection:
     def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == _PING:
             if self._close_sent is None:
-                self._pong = payload
+                pongs = self._pongs
+                if pongs is None:
+                    self._pongs = [payload]
+                else:
+                    pongs.append(payload)
+                    if len(pongs) > PONG_BACKLOG:
+                        del pongs[0]
             events.append(Ping(payload))
         elif opcode == _PONG:
             events.append(Pong(payload))
@@ -666,17 +679,22 @@ class Connection:
         self._done = self._done or not self._buf
 
     def data_to_send(self) -> bytes:
-        """Bytes the protocol wants sent on its own (a pong); empty if none.
+        """Bytes the protocol wants sent on its own (pongs); empty if none.
 
-        One pong at most: it answers the latest ping received since the last call
-        (RFC 6455 §5.5.3), so a caller that holds off while the peer does not read
-        keeps one pending pong, never a pile.
+        A pong for each ping received since the last call, in order, but for at most
+        the :data:`PONG_BACKLOG` latest ones: a peer may send a few pings at once and
+        expect each answered (Autobahn|Testsuite 2.10), while a flood, or a caller that
+        holds off while the peer does not read, keeps a bounded few, never a pile
+        (RFC 6455 §5.5.3 requires only the latest ping to be answered).
         """
-        pong = self._pong
-        if pong is None:
+        pongs = self._pongs
+        if pongs is None:
             return b""
-        self._pong = None
-        return encode_frame(_PONG, pong, mask=not self._server)
+        self._pongs = None
+        mask = not self._server
+        if len(pongs) == 1:
+            return encode_frame(_PONG, pongs[0], mask=mask)
+        return b"".join([encode_frame(_PONG, p, mask=mask) for p in pongs])
 
     # ------------------------------------------------------------------ output
 
@@ -750,7 +768,7 @@ class Connection:
         # frame an endpoint need not process data): free what a message holds.
         self._acc = None
         self._decoder = None
-        self._pong = None
+        self._pongs = None
         return encode_frame(_CLOSE, payload, mask=not self._server)
 
     def close_reply(self) -> bytes:

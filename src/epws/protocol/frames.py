@@ -38,8 +38,8 @@ class Opcode(enum.IntEnum):
 class MessageType(enum.IntEnum):
     """The two kinds of data message, with their opcodes as values.
 
-    A subset of :class:`~epws.protocol.frames.Opcode` kept apart so that an API taking a message type cannot
-    be handed a control or continuation opcode.
+    A subset of :class:`~epws.protocol.frames.Opcode` kept apart so that an API taking
+    a message type cannot be handed a control or continuation opcode.
     """
 
     TEXT = Opcode.TEXT.value
