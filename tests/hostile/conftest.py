@@ -8,6 +8,7 @@ the server (see ``pytestmark`` in each module).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -26,6 +27,8 @@ import pytest
 import epws
 
 ROOT = Path(__file__).resolve().parents[2]
+#: What the running test measured; printed at its end (``pytest -s`` shows them).
+FIGURES: dict[str, object] = {}
 MiB = 1 << 20
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -113,13 +116,15 @@ def server_loop(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def served(server_loop: str, tmp_path: Path) -> Iterator[Served]:
+def served(server_loop: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     """A fresh server per test, so each starts from its own memory baseline."""
+    FIGURES.clear()
     srv = start_server(server_loop, tmp_path / "server.log")
     try:
         yield srv
     finally:
         stop_server(srv)
+        print(f"\nFIGURES {request.node.name}: {FIGURES}")
     # Whatever the attack, the server never logs a traceback (a failure it did not expect).
     assert "Traceback" not in srv.log(), srv.log()[-4000:]
 
@@ -149,6 +154,7 @@ class Peak:
         assert self._task is not None
         self._task.cancel()
         self.peak = max(self.peak, self.served.rss())
+        FIGURES["rss growth MiB"] = round((self.peak - self.start) / MiB, 2)
 
     @property
     def growth(self) -> int:
@@ -176,7 +182,15 @@ class Witness:
             self.sent_at = None
             await asyncio.sleep(0.02)
 
-    def check(self, max_latency: float, min_echoes: int = 5) -> None:
+    async def served_once_more(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) for one more echo: the server still serves."""
+        target = len(self.latencies) + 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while len(self.latencies) < target:
+                    await asyncio.sleep(0.01)
+
+    def check(self, max_latency: float, min_echoes: int = 1) -> None:
         """Echoes kept coming, each within ``max_latency`` seconds (a pending one too)."""
         waiting = 0.0
         if self.sent_at is not None:
@@ -194,6 +208,8 @@ async def witness(served: Served, path: str = "/") -> AsyncIterator[Witness]:
     try:
         yield w
     finally:
+        FIGURES["witness echoes"] = len(w.latencies)
+        FIGURES["witness worst s"] = round(max(w.latencies, default=-1), 3)
         if task.done() and task.exception() is not None:
             raise AssertionError("the witness failed") from task.exception()
         task.cancel()
