@@ -28,9 +28,9 @@ empty deflate blocks (03 00)    4 MiB    and < 1 s of server CPU for 1 MiB of wi
 2-byte fragments (64 K)         2 MiB    read_limit bounds memory, not payload
 ============================  =========  ======================================
 
-The fd-exhaustion attack is in test_fd_exhaustion.py. Attacks that still break a
-bound are in known_failures.py (not collected: run it by name) until their fix
-lands. Measured figures are in the report of the session that wrote this suite.
+The fd-exhaustion attack is in test_fd_exhaustion.py. Every attack also checks that
+a witness client connected meanwhile keeps getting its echoes. Run with ``-s`` to see
+the measured figures (the FIGURES lines).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ async def test_never_reading_peer_in_callback_mode(served: Served) -> None:
     w.check(WITNESS_LATENCY, MIN_ECHOES)
 
 
-async def test_ping_flood_with_a_tiny_receive_window(served: Served, server_loop: str) -> None:
+async def test_ping_flood_with_a_tiny_receive_window(served: Served) -> None:
     async with witness(served) as w, Peak(served) as peak:
         sock = await raw_upgrade(served.port, "/", rcvbuf=4096)
         await send_for(sock, frame(9, b"p" * 125) * 64, 2.0)
@@ -142,11 +142,10 @@ async def test_ping_flood_with_a_tiny_receive_window(served: Served, server_loop
     sock.close()
     assert figures["buffered"] < 4 * 64 * 1024, figures  # a few times write_limit
     assert peak.growth < 4 * MiB, FIGURES
-    if server_loop == "asyncio":
-        # On uvloop the flood starves the other connections (the witness gets 1 to 3
-        # echoes in 2 s, one waiting for the whole flood): a known failure, reproduced
-        # in known_failures.py and described in the session's report.
-        w.check(WITNESS_LATENCY, MIN_ECHOES)
+    # Control frames cost no queue room; what keeps the flooder from starving the
+    # others (uvloop reads up to 32 x 64 KiB from one socket per wake-up) is the Conn
+    # yielding one loop iteration after a read of many events.
+    w.check(WITNESS_LATENCY, MIN_ECHOES)
 
 
 # ------------------------------------------------------------------ handshakes
