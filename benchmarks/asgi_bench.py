@@ -107,7 +107,14 @@ def measure(args: argparse.Namespace, scenario: tuple[Any, ...], ws: str, log: A
         print(f"{name} --ws {ws}: {data['error']}", file=sys.stderr)
         return None
     value = data.get(metric)
-    return float(value) if value is not None else None
+    if value is None:
+        return None
+    if name != "idle":
+        # Per second of the server's own CPU time: what a loaded machine changes least
+        # (the wall-clock rate falls with the CPU share the server gets; this does not).
+        cpu = float(data.get("server_cpu") or 0) / 100
+        return (float(value), float(value) / cpu if cpu else None)
+    return (float(value), None)
 
 
 def main() -> int:
@@ -123,15 +130,18 @@ def main() -> int:
         return 2
     scenarios = [s for s in SCENARIOS if not args.only or s[0] in args.only]
     values: dict[tuple[str, str], list[float]] = {}
+    per_cpu: dict[tuple[str, str], list[float]] = {}
     (HERE / ".build").mkdir(exist_ok=True)
     with open(HERE / ".build" / "asgi.log", "ab") as log:  # servers' output, not kept
         for round_ in range(args.repeats):
             for scenario in scenarios:
                 for impl, ws in IMPLEMENTATIONS.items():
-                    value = measure(args, scenario, ws, log)
-                    print(f"round {round_ + 1} {scenario[0]} {impl}: {value}", flush=True)
-                    if value is not None:
-                        values.setdefault((scenario[0], impl), []).append(value)
+                    got = measure(args, scenario, ws, log)
+                    print(f"round {round_ + 1} {scenario[0]} {impl}: {got}", flush=True)
+                    if got is not None:
+                        values.setdefault((scenario[0], impl), []).append(got[0])
+                        if got[1] is not None:
+                            per_cpu.setdefault((scenario[0], impl), []).append(got[1])
     lines = [
         "# ASGI: uvicorn with each --ws implementation",
         "",
@@ -143,13 +153,17 @@ def main() -> int:
         "| scenario | " + " | ".join(IMPLEMENTATIONS) + f" | epws vs {DEFAULT} |",
         "| --- | " + " | ".join("---" for _ in IMPLEMENTATIONS) + " | --- |",
     ]
-    for name, _, _, _, unit, title, higher in scenarios:
+    rows = [(s[0], s[5], s[4], s[6], values) for s in scenarios]
+    rows += [(s[0], s[5], f"{s[4]} per server CPU-second", True, per_cpu) for s in scenarios]
+    for name, title, unit, higher, table in rows:
+        if not any((name, impl) in table for impl in IMPLEMENTATIONS):
+            continue
         cells = []
         for impl in IMPLEMENTATIONS:
-            got = values.get((name, impl))
+            got = table.get((name, impl))
             cells.append(f"{statistics.median(got):,.1f}" if got else DASH)
-        epws = values.get((name, "epws"))
-        default = values.get((name, DEFAULT))
+        epws = table.get((name, "epws"))
+        default = table.get((name, DEFAULT))
         ratio = DASH
         if epws and default:
             r = statistics.median(epws) / statistics.median(default)

@@ -441,6 +441,11 @@ class WebSocketProtocol(asyncio.Protocol):
                     await conn.send(data)
                 except ConnectionClosed as exc:
                     raise ClientDisconnected(str(exc)) from exc
+                # The Conn corks frames until the loop's next iteration. An ASGI app
+                # sends from a task that may run long without yielding (a broadcast
+                # loop over every connection, for every queued line): corked, nothing
+                # would leave before that whole step ends. Out at once instead.
+                conn._flush()
                 return
             if kind == "websocket.close":
                 if conn.closed:

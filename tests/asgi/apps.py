@@ -28,6 +28,8 @@ class Seen:
     finished: int = 0
     sent: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    probe: Any = None  # set by a test: called by the app, its results kept in probed
+    probed: list[Any] = field(default_factory=list)
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def note(self) -> None:
@@ -191,6 +193,13 @@ def raw_app() -> tuple[Any, Seen]:
             await send({"type": "websocket.accept"})
             message = await receive()
             await send({"type": "websocket.send", "text": "got " + message["text"]})
+            await send({"type": "websocket.close"})
+        elif path == "/probe-after-send":
+            # Sends, then (without yielding to the loop) asks the test's probe what the
+            # server holds: ASGI wants the frame with the transport once send returns.
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": "one"})
+            seen.probed.append(seen.probe())
             await send({"type": "websocket.close"})
         elif path == "/accept-and-return":
             await send({"type": "websocket.accept"})

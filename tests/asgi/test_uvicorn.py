@@ -543,6 +543,25 @@ async def test_frames_sent_before_the_101_are_read_after_it() -> None:
         writer.close()
 
 
+async def test_a_sent_frame_is_with_the_transport_when_send_returns() -> None:
+    """No corking across an app's send: a broadcast loop that never yields (FastAPI's
+    documented pattern, 1,000 connections per line) used to hold every frame of its
+    whole step, so a fan-out benchmark delivered nothing within its window."""
+    app, seen = raw_app()
+    async with running(app, "epws") as run:
+
+        def probe() -> bool:
+            (proto,) = run.server.server_state.connections
+            assert isinstance(proto, WebSocketProtocol) and proto.conn is not None
+            return proto.conn._wpending is not None  # frames held back by the Conn
+
+        seen.probe = probe
+        conn = await epws.connect(run.url + "/probe-after-send")
+        assert await conn.recv() == "one"
+        await conn.wait_closed()
+    assert seen.probed == [False]
+
+
 async def test_keepalive_closes_a_client_that_never_answers_pings() -> None:
     app, seen = starlette_app()
     async with running(app, "epws", ws_ping_interval=0.2, ws_ping_timeout=0.3) as run:
