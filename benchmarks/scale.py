@@ -478,7 +478,7 @@ def chart(out_dir: Path) -> Path:
         raise SystemExit(f"no scale-*.json in {out_dir}")
     ns = [r["n"] for r in runs]
     labels = [
-        f"{n // 1000}k" + (f"\n{r['server_processes']} proc" if r["server_processes"] > 1 else "")
+        f"{n / 1000:g}k" + (f"\n{r['server_processes']} proc" if r["server_processes"] > 1 else "")
         for n, r in zip(ns, runs, strict=True)
     ]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
