@@ -15,8 +15,8 @@ lost without a close frame (1006), 4 for any other close code (shown on stderr),
 130 after Ctrl-C.
 
 ``--ping-interval`` runs a ping loop here in the CLI (a ping every N seconds, the
-connection closed with 1011 when a pong is more than N seconds late), until the
-library has keepalive of its own.
+connection closed with 1011 when a pong is more than N seconds late), on top of the
+library's keepalive that ``connect()`` runs with its defaults.
 """
 
 from __future__ import annotations
