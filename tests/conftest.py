@@ -1,4 +1,8 @@
-"""Every async test runs twice: on asyncio's default event loop and on uvloop."""
+"""Every async test runs twice: on asyncio's default event loop and on uvloop.
+
+Property-based tests have no per-example deadline: speed is the benchmarks' business,
+and a shared or loaded machine must not turn a slow example into a failure.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("epws", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("epws")
 
 
 def pytest_asyncio_loop_factories(
