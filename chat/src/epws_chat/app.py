@@ -251,6 +251,9 @@ async def start_chat(
         read_limit=settings.read_limit,
         close_timeout=settings.write_wait,
         compression=None,  # as the Go original: lines are short, CPU is the budget
+        # The chat keeps the seed's keepalive (_keepalive below: an empty ping every
+        # ping_period, a read deadline pong_wait ahead), not the library's.
+        ping_interval=None,
     )
     server = await epws.serve(
         handler,
