@@ -39,6 +39,9 @@ __all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normal
 
 logger = logging.getLogger("epws_chat.client")
 
+#: When a token bucket was last counted before any message: the first finds it full.
+_NEVER = float("-inf")
+
 #: The subprotocol of JSON clients (the shipped page).
 PROTOCOL = "epws.chat.v1"
 
@@ -155,8 +158,7 @@ class Client:
 
     __slots__ = (
         "_by_us",
-        "_pong_wait",
-        "_rate",
+        "_settings",
         "_stamp",
         "_strikes",
         "_tokens",
@@ -189,13 +191,14 @@ class Client:
         self.holding: list[ChatMessage] | None = None
         #: Loop time since which the outgoing buffer has not been empty (None: empty).
         self.backlog_since: float | None = None
-        self._pong_wait = settings.pong_wait
+        self._settings = settings  # shared by every client: nothing copied per client
         self._by_us = False
         # The token bucket (see Settings.rate): tokens, when they were counted, the
-        # decaying count of dropped messages, and whether the sender was told.
-        self._rate = (settings.rate, float(settings.burst), float(settings.abuse_limit))
-        self._tokens = float(settings.burst)
-        self._stamp = conn.loop.time()
+        # decaying count of dropped messages, and whether the sender was told. Counted
+        # "never" at first, so the first message finds the bucket full; shared
+        # constants until then, so an idle client allocates nothing for it.
+        self._tokens = 0.0
+        self._stamp = _NEVER
         self._strikes = 0.0
         self._told = False
         #: Messages of this client dropped by the rate limit.
@@ -289,8 +292,11 @@ class Client:
         """
         if self not in self.hub:
             return  # evicted (or leaving): its lines are no longer the room's
-        rate, burst, limit = self._rate
+        settings = self._settings
+        rate = settings.rate
         if rate:
+            burst = settings.burst
+            limit = settings.abuse_limit
             now = self.conn.loop.time()
             elapsed = now - self._stamp
             self._stamp = now
@@ -360,7 +366,7 @@ class Client:
 
     def _pong(self, _payload: bytes) -> None:
         conn = self.conn
-        conn.set_read_deadline(conn.loop.time() + self._pong_wait)
+        conn.set_read_deadline(conn.loop.time() + self._settings.pong_wait)
 
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
