@@ -238,12 +238,19 @@ async def _socks_connect(
         # No timeout of its own: the caller's handshake_timeout bounds the whole dial.
         return await proxy.connect(host, port, timeout=1e9)
     except SocksError as exc:
-        code = exc.error_code
-        if code is None:
-            status = 407 if "authentication" in str(exc).lower() else 502
-        else:
-            status = _SOCKS_STATUS.get(code, 502)
-        raise ProxyError(f"SOCKS proxy {phost}:{pport} refused: {exc}", status) from None
+        raise socks_refusal(exc, phost, pport) from None
+
+
+def socks_refusal(exc: Any, phost: str, pport: int) -> ProxyError:
+    """The ProxyError for a refusal from python-socks (asyncio and sync clients alike),
+    with an HTTP-like status: 407 for authentication, the SOCKS reply code's mapping,
+    else 502."""
+    code = exc.error_code
+    if code is None:
+        status = 407 if "authentication" in str(exc).lower() else 502
+    else:
+        status = _SOCKS_STATUS.get(code, 502)
+    return ProxyError(f"SOCKS proxy {phost}:{pport} refused: {exc}", status)
 
 
 # A proxy's answer to CONNECT is a status line and a few headers; anything longer is

@@ -27,12 +27,12 @@ from typing import Any
 from ..asyncio.client import _origin_of, _redirect_target, redirect_headers
 from ..asyncio.proxy import (
     _MAX_REPLY,
-    _SOCKS_STATUS,
     _STATUS_LINE,
     _connect_request,
     _parse_proxy,
     _redact,
     select_proxy,
+    socks_refusal,
 )
 from ..exceptions import (
     ConnectionClosed,
@@ -574,12 +574,7 @@ def _socks(
     try:
         sock: socket.socket = proxy.connect(host, port, timeout=_left(deadline))
     except SocksError as exc:
-        code = exc.error_code
-        if code is None:
-            status = 407 if "authentication" in str(exc).lower() else 502
-        else:
-            status = _SOCKS_STATUS.get(code, 502)
-        raise ProxyError(f"SOCKS proxy {phost}:{pport} refused: {exc}", status) from None
+        raise socks_refusal(exc, phost, pport) from None
     return sock
 
 
