@@ -33,20 +33,33 @@ from pathlib import Path
 
 import epws
 
+from .auth import (
+    EXPIRED_CODE,
+    AuthError,
+    ExpiryQueue,
+    Identity,
+    TokenAuth,
+    mint,
+    parse_duration,
+)
 from .broker import Broker, MemoryBroker
-from .client import PROTOCOL, Settings, accept, clean_room
+from .client import PROTOCOL, Client, Settings, accept, clean_room
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
 
 __all__ = [
     "BROKER_ENV",
+    "SECRET_ENV",
     "Chat",
     "build_parser",
     "main",
     "make_broker",
+    "make_auth",
     "make_process_request",
+    "identify",
     "parse_addr",
     "start_chat",
+    "token_main",
 ]
 
 logger = logging.getLogger("epws_chat")
@@ -58,6 +71,9 @@ _NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 #: The environment variable that chooses the broker when ``--broker`` is not given.
 BROKER_ENV = "EPWS_CHAT_BROKER"
+#: The environment variable holding the HS256 secret when ``--auth-secret`` is not
+#: given (a secret on a command line is visible to every user of the machine).
+SECRET_ENV = "EPWS_CHAT_AUTH_SECRET"
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -106,17 +122,20 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
 
 
 def make_process_request(
-    static_dir: Path = STATIC_DIR, gate: Gate | None = None
+    static_dir: Path = STATIC_DIR, gate: Gate | None = None, auth: TokenAuth | None = None
 ) -> Callable[[epws.Request], epws.HTTPResponse | None]:
     """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade
-    unless the ``gate`` refuses it (503: full; 429: too many from that address)."""
+    unless the ``gate`` refuses it (503: full; 429: too many from that address) or
+    ``auth`` does (401: no valid token; 403: the token does not allow the room)."""
     page = static_dir / "home.html"
 
     def process_request(request: epws.Request) -> epws.HTTPResponse | None:
         if request.path == "/ws":
             refusal = gate.check_request(request) if gate is not None else None
+            if refusal is None and auth is not None:
+                refusal = _check_token(auth, request)
             if refusal is not None:
-                logger.info("refused %s: HTTP %d", request.target, refusal.status)
+                logger.info("refused %s: HTTP %d", request.path, refusal.status)
             return refusal
         logger.info("%s %s", request.method, request.target)
         if request.path != "/" and not _is_room_page(request.path):
@@ -128,6 +147,30 @@ def make_process_request(
         return _serve_file(request, page)
 
     return process_request
+
+
+def identify(auth: TokenAuth, request: epws.Request | None) -> Identity:
+    """The identity of a ``/ws`` request's ``?token=`` for the room it asks for;
+    AuthError when refused. A malformed room name passes here: the handler refuses it
+    (1008) with the room rule's own message."""
+    query = request.query if request is not None else {}
+    token = (query.get("token") or [""])[0] or None
+    try:
+        room = clean_room((query.get("room") or [""])[0])
+    except ValueError:
+        return auth.verify(token)
+    return auth.check(token, room)
+
+
+def _check_token(auth: TokenAuth, request: epws.Request) -> epws.HTTPResponse | None:
+    try:
+        identify(auth, request)
+    except AuthError as exc:
+        headers = [_NOSNIFF]
+        if exc.status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="epws-chat"'))
+        return epws.HTTPResponse(exc.status, exc.text + "\n", headers=headers)
+    return None
 
 
 def _is_room_page(path: str) -> bool:
@@ -177,6 +220,7 @@ class Chat:
     pinger: asyncio.Task[None]
     gate: Gate
     log_filters: list[RateLimitedLog]
+    expiry: ExpiryQueue
 
     @property
     def port(self) -> int:
@@ -197,6 +241,7 @@ class Chat:
 
         timer = loop.call_later(timeout, drop_all)
         self.pinger.cancel()
+        self.expiry.close()
         for log_filter, name in zip(self.log_filters, FLOODABLE, strict=False):
             logging.getLogger(name).removeFilter(log_filter)
         try:
@@ -218,24 +263,42 @@ async def start_chat(
     reuse_port: bool = False,
     gate: Gate | None = None,
     log_rate: float = 20.0,
+    auth: TokenAuth | None = None,
 ) -> Chat:
     """Start a chat server on the running loop (port 0: any free port).
 
     ``gate`` caps connections (default: :class:`~epws_chat.limits.Gate`'s caps);
-    ``log_rate`` bounds the per-request and per-connection log lines per second.
+    ``log_rate`` bounds the per-request and per-connection log lines per second;
+    ``auth`` requires a connection token (None: anonymous, as the Go original).
     """
     settings = settings or Settings()
     gate = gate if gate is not None else Gate()
     hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait)
     await hub.start()
 
+    def expired(client: Client) -> None:
+        logger.info("%s: token expired", client)
+        hub.unregister(client)
+        client.conn.close_nowait(EXPIRED_CODE, "token expired")
+
+    expiry = ExpiryQueue(expired, hub.__contains__)
+
     def handler(conn: epws.Conn) -> None:
+        identity: Identity | None = None
+        if auth is not None:
+            try:  # checked before the upgrade; again here, as it may expire meanwhile
+                identity = identify(auth, conn.request)
+            except AuthError as exc:
+                conn.close_nowait(EXPIRED_CODE if exc.status == 401 else 1008, exc.text)
+                return
         address = gate.admit(conn)
         if address is None:
             logger.info("refused %s: too many connections", conn.remote_address)
             conn.close_nowait(1013, "too many connections; try again later")
             return
-        accept(hub, settings, conn)
+        client = accept(hub, settings, conn, identity)
+        if client is not None and identity is not None and identity.expires is not None:
+            expiry.add(client, identity.expires)
         on_close = conn.on_close
 
         def closed(exc: epws.ConnectionClosed) -> None:
@@ -260,7 +323,7 @@ async def start_chat(
         host,
         None if sock is not None else port,
         upgrader=upgrader,
-        process_request=make_process_request(static_dir, gate),
+        process_request=make_process_request(static_dir, gate, auth),
         ssl=ssl_context,
         sock=sock,
         reuse_port=reuse_port,
@@ -268,7 +331,7 @@ async def start_chat(
     pinger = asyncio.get_running_loop().create_task(_keepalive(hub, settings))
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
-    return Chat(server, hub, settings, scheme, pinger, gate, filters)
+    return Chat(server, hub, settings, scheme, pinger, gate, filters, expiry)
 
 
 async def _keepalive(hub: Hub, settings: Settings) -> None:
@@ -305,6 +368,14 @@ async def _keepalive(hub: Hub, settings: Settings) -> None:
                 next_ping = loop.time() + settings.ping_period
 
 
+def make_auth(args: argparse.Namespace) -> TokenAuth | None:
+    """The token check the ``--auth-*`` options ask for (None: anonymous)."""
+    if args.auth_public_key:
+        return TokenAuth.from_public_key(args.auth_public_key)
+    secret = args.auth_secret or os.environ.get(SECRET_ENV)
+    return TokenAuth.from_secret(secret) if secret else None
+
+
 def _ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
@@ -331,6 +402,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             trust_forwarded=args.trust_forwarded_for,
         ),
         log_rate=args.log_rate,
+        auth=make_auth(args),
     )
     shown = host if host is not None else "localhost"
     if ":" in shown:
@@ -542,6 +614,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Set by the supervisor on the command line of each worker it starts.
     scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    who = parser.add_argument_group("identity (docs/chat-in-public.md)")
+    keys = who.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--auth-secret",
+        metavar="SECRET",
+        help="require an HS256 connection token (?token=) signed with SECRET; also "
+        f"${SECRET_ENV}; without --auth-* the chat is anonymous",
+    )
+    keys.add_argument(
+        "--auth-public-key",
+        metavar="PEM",
+        help="require an RS256 connection token verified with this public key file",
+    )
     ops = parser.add_argument_group("operation")
     ops.add_argument("--certfile", help="serve HTTPS/WSS with this PEM certificate (chain)")
     ops.add_argument("--keyfile", help="private key for --certfile (if not inside it)")
@@ -606,7 +691,13 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``epws-chat``; returns the exit status."""
+    """Entry point of ``epws-chat``; returns the exit status.
+
+    ``epws-chat token ...`` mints a connection token instead (:func:`token_main`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = _settings(parser, args)
@@ -616,6 +707,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    try:
+        make_auth(args)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--auth-*: {exc}")
     try:
         broker_kind = check_broker(args.broker)
     except ValueError as exc:
@@ -638,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .workers import supervise
 
         host, port = parse_addr(args.addr)
-        return supervise(args, list(sys.argv[1:] if argv is None else argv), host, port)
+        return supervise(args, argv, host, port)
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
         try:
             return runner.run(run(args, settings))
@@ -648,3 +743,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:  # e.g. a malformed Redis URL
             logger.critical("%s", exc)
             return 2
+
+
+def token_main(argv: Sequence[str]) -> int:
+    """``epws-chat token --sub alice --rooms 'dev,ops/*' --ttl 1h``: print a token.
+
+    The token is the last line of the output, so ``$(epws-chat token ... | tail -1)``
+    works whatever else is printed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="epws-chat token",
+        description="Mint a connection token for trying the chat with --auth-*.",
+    )
+    parser.add_argument("--sub", required=True, help="the name shown (the 'sub' claim)")
+    parser.add_argument(
+        "--rooms",
+        default=None,
+        help="comma-separated room patterns the holder may join, e.g. 'dev,ops/*' "
+        "(default: every room)",
+    )
+    parser.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 2d (default: 1h)")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--secret", help=f"HS256 secret (default: ${SECRET_ENV})")
+    keys.add_argument("--private-key", metavar="PEM", help="sign with RS256 with this key file")
+    args = parser.parse_args(argv)
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if ttl <= 0:
+        parser.error("--ttl must be positive")
+    if args.private_key:
+        try:
+            key: str | bytes = Path(args.private_key).read_bytes()
+        except OSError as exc:
+            parser.error(f"--private-key: {exc}")
+        algorithm = "RS256"
+    else:
+        key = args.secret or os.environ.get(SECRET_ENV) or ""
+        if not key:
+            parser.error(f"give --secret, --private-key or ${SECRET_ENV}")
+        algorithm = "HS256"
+    try:
+        token = mint(key, args.sub, rooms=args.rooms, ttl=ttl, algorithm=algorithm)
+    except (ValueError, TypeError) as exc:  # e.g. not a private key
+        parser.error(f"cannot sign: {exc}")
+    print(token)
+    return 0

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import epws
 
+from .auth import Identity
 from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
 from .hub import DEFAULT_ROOM, Hub
 
@@ -66,11 +67,22 @@ def normalize(message: str) -> str:
 
 
 def clean_room(room: str | None) -> str:
-    """A room name from a URL: 1-64 of ``[A-Za-z0-9._-]``; anything else is refused."""
+    """A room name from a URL: 1-64 of ``[A-Za-z0-9._-]`` in segments joined by ``/``
+    (``ops/alerts``: what a token's ``ops/*`` pattern allows); anything else is refused.
+
+    No segment is empty, ``.`` or ``..``, so ``/r/<room>`` is a path no browser or
+    proxy rewrites.
+    """
     if not room:
         return DEFAULT_ROOM
-    if len(room) > 64 or not _ROOM_CHARS.issuperset(room):
-        raise ValueError("a room name is 1-64 letters, digits, '.', '_' or '-'")
+    if (
+        len(room) > 64
+        or not _ROOM_CHARS.issuperset(room.replace("/", ""))
+        or any(part in ("", ".", "..") for part in room.split("/"))
+    ):
+        raise ValueError(
+            "a room name is 1-64 letters, digits, '.', '_' or '-', in parts joined by '/'"
+        )
     return room
 
 
@@ -154,6 +166,7 @@ class Client:
         name: its display name ("" for seed-protocol clients).
         structured: True for ``epws.chat.v1`` (JSON) clients.
         holding: while its history loads, live messages wait here (else None).
+        identity: what its token says (None: the chat is anonymous).
     """
 
     __slots__ = (
@@ -168,6 +181,7 @@ class Client:
         "dropped",
         "holding",
         "hub",
+        "identity",
         "label",
         "name",
         "room",
@@ -182,8 +196,10 @@ class Client:
         *,
         room: str = DEFAULT_ROOM,
         name: str = "",
+        identity: Identity | None = None,
     ) -> None:
         self.hub = hub
+        self.identity = identity
         self.conn = conn
         self.room = room
         self.structured = conn.subprotocol == PROTOCOL
@@ -346,6 +362,9 @@ class Client:
             return line
         kind = command.get("type", "message")
         if kind == "name" and isinstance(command.get("name"), str):
+            if self.identity is not None:
+                self._send_line(_error_line("your name comes from your token"))
+                return None
             self.name = clean_name(command["name"])
             self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
             return None
@@ -402,16 +421,25 @@ def _error_line(text: str) -> str:
     return json.dumps({"type": "error", "text": text})
 
 
-def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
-    """The server's handler (callback mode): make the Client and start it; no task."""
+def accept(
+    hub: Hub, settings: Settings, conn: epws.Conn, identity: Identity | None = None
+) -> Client | None:
+    """The server's handler (callback mode): make the Client and start it; no task.
+
+    With an ``identity`` (a checked token) its ``sub`` is the name; else the
+    ``?name=`` the page sends. None when the request names no valid room.
+    """
     request = conn.request
     query = request.query if request is not None else {}
     try:
         room = clean_room((query.get("room") or [""])[0])
     except ValueError as exc:
         conn.close_nowait(1008, str(exc))
-        return
-    name = clean_name((query.get("name") or [""])[0])
+        return None
+    if identity is not None:
+        name = clean_name(identity.name)
+    else:
+        name = clean_name((query.get("name") or [""])[0])
     after: str | None = (query.get("after") or [""])[0] or None
     if after is not None:
         try:
@@ -423,6 +451,7 @@ def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
-    client = Client(hub, conn, settings, room=room, name=name)
+    client = Client(hub, conn, settings, room=room, name=name, identity=identity)
     logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
     client.start(settings, after=after)
+    return client
