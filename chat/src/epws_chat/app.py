@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import epws
 
@@ -42,13 +44,18 @@ from .auth import (
     mint,
     parse_duration,
 )
-from .broker import Broker, MemoryBroker
-from .client import PROTOCOL, Client, Settings, accept, clean_room
+from .broker import Broker, MemoryBroker, clean_text
+from .client import PROTOCOL, Client, Settings, accept, clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
+from .logs import JsonFormatter
+from .metrics import ChatCollector, Counters, render
+from .ops import Routes, serve_ops
 
 __all__ = [
+    "API_KEY_ENV",
     "BROKER_ENV",
+    "METRICS_ENV",
     "SECRET_ENV",
     "Chat",
     "build_parser",
@@ -74,6 +81,10 @@ BROKER_ENV = "EPWS_CHAT_BROKER"
 #: The environment variable holding the HS256 secret when ``--auth-secret`` is not
 #: given (a secret on a command line is visible to every user of the machine).
 SECRET_ENV = "EPWS_CHAT_AUTH_SECRET"
+#: The environment variable holding the server API's key when ``--api-key`` is not given.
+API_KEY_ENV = "EPWS_CHAT_API_KEY"
+#: ``off`` counts nothing (``--metrics``'s default when set).
+METRICS_ENV = "EPWS_CHAT_METRICS"
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -122,11 +133,16 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
 
 
 def make_process_request(
-    static_dir: Path = STATIC_DIR, gate: Gate | None = None, auth: TokenAuth | None = None
+    static_dir: Path = STATIC_DIR,
+    gate: Gate | None = None,
+    auth: TokenAuth | None = None,
+    stats: Counters | None = None,
+    ready: Callable[[], str] | None = None,
 ) -> Callable[[epws.Request], epws.HTTPResponse | None]:
     """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade
     unless the ``gate`` refuses it (503: full; 429: too many from that address) or
-    ``auth`` does (401: no valid token; 403: the token does not allow the room)."""
+    ``auth`` does (401: no valid token; 403: the token does not allow the room).
+    ``/healthz`` and ``/readyz`` answer load balancers (``ready``: why not, or "")."""
     page = static_dir / "home.html"
 
     def process_request(request: epws.Request) -> epws.HTTPResponse | None:
@@ -136,7 +152,16 @@ def make_process_request(
                 refusal = _check_token(auth, request)
             if refusal is not None:
                 logger.info("refused %s: HTTP %d", request.path, refusal.status)
+                if stats is not None:
+                    stats.handshake(refusal.status)
             return refusal
+        if request.path == "/healthz":
+            return epws.HTTPResponse(200, "ok\n", headers=[_NOSNIFF])
+        if request.path == "/readyz":
+            why = ready() if ready is not None else ""
+            return epws.HTTPResponse(
+                503 if why else 200, (why or "ready") + "\n", headers=[_NOSNIFF]
+            )
         logger.info("%s %s", request.method, request.target)
         if request.path != "/" and not _is_room_page(request.path):
             return epws.HTTPResponse(404, "Not found\n", headers=[_NOSNIFF])
@@ -221,6 +246,32 @@ class Chat:
     gate: Gate
     log_filters: list[RateLimitedLog]
     expiry: ExpiryQueue
+    stats: Counters | None
+    ops: asyncio.Server | None = None
+    closing: bool = False
+
+    @property
+    def ops_port(self) -> int:
+        """The port of the ops listener (``--ops-addr``); 0 when there is none."""
+        if self.ops is None or not self.ops.sockets:
+            return 0
+        return int(self.ops.sockets[0].getsockname()[1])
+
+    def not_ready(self) -> str:
+        """Why this process should get no new connections ("" when it should)."""
+        if self.closing:
+            return "shutting down"
+        if not getattr(self.hub.broker, "connected", True):
+            return "the broker is not connected"
+        return ""
+
+    def gauges(self) -> dict[str, float]:
+        """The live figures of ``/metrics`` and ``/api/stats``."""
+        return {
+            "connections": len(self.hub),
+            "rooms": len(self.hub.rooms),
+            "broker_connected": 0 if self.not_ready() == "the broker is not connected" else 1,
+        }
 
     @property
     def port(self) -> int:
@@ -234,6 +285,9 @@ class Chat:
         """
         loop = asyncio.get_running_loop()
         server = self.server
+        self.closing = True
+        if self.ops is not None:
+            self.ops.close()
 
         def drop_all() -> None:
             for conn in list(server.connections):
@@ -264,20 +318,29 @@ async def start_chat(
     gate: Gate | None = None,
     log_rate: float = 20.0,
     auth: TokenAuth | None = None,
+    metrics: bool = True,
+    api_key: str | None = None,
+    ops_addr: tuple[str | None, int] | None = None,
 ) -> Chat:
     """Start a chat server on the running loop (port 0: any free port).
 
     ``gate`` caps connections (default: :class:`~epws_chat.limits.Gate`'s caps);
     ``log_rate`` bounds the per-request and per-connection log lines per second;
-    ``auth`` requires a connection token (None: anonymous, as the Go original).
+    ``auth`` requires a connection token (None: anonymous, as the Go original);
+    ``metrics`` False counts nothing (``--metrics off``); ``ops_addr`` (host, port)
+    opens the ops listener (:mod:`epws_chat.ops`), whose ``/api`` routes need
+    ``api_key``.
     """
     settings = settings or Settings()
     gate = gate if gate is not None else Gate()
-    hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait)
+    stats = Counters() if metrics else None
+    hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait, stats=stats)
     await hub.start()
 
     def expired(client: Client) -> None:
         logger.info("%s: token expired", client)
+        if stats is not None:
+            stats.evicted("token_expired")
         hub.unregister(client)
         client.conn.close_nowait(EXPIRED_CODE, "token expired")
 
@@ -291,9 +354,13 @@ async def start_chat(
             except AuthError as exc:
                 conn.close_nowait(EXPIRED_CODE if exc.status == 401 else 1008, exc.text)
                 return
+        if stats is not None:
+            stats.handshake(101)
         address = gate.admit(conn)
         if address is None:
             logger.info("refused %s: too many connections", conn.remote_address)
+            if stats is not None:
+                stats.evicted("address_cap")
             conn.close_nowait(1013, "too many connections; try again later")
             return
         client = accept(hub, settings, conn, identity)
@@ -323,7 +390,9 @@ async def start_chat(
         host,
         None if sock is not None else port,
         upgrader=upgrader,
-        process_request=make_process_request(static_dir, gate, auth),
+        process_request=make_process_request(
+            static_dir, gate, auth, stats, lambda: chat.not_ready()
+        ),
         ssl=ssl_context,
         sock=sock,
         reuse_port=reuse_port,
@@ -331,7 +400,55 @@ async def start_chat(
     pinger = asyncio.get_running_loop().create_task(_keepalive(hub, settings))
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
-    return Chat(server, hub, settings, scheme, pinger, gate, filters, expiry)
+    chat = Chat(server, hub, settings, scheme, pinger, gate, filters, expiry, stats)
+    if ops_addr is not None:
+        chat.ops = await serve_ops(make_routes(chat, api_key), *ops_addr)
+    return chat
+
+
+def make_routes(chat: Chat, api_key: str | None) -> Routes:
+    """The ops routes of one chat process (:mod:`epws_chat.ops`)."""
+    hub = chat.hub
+    stats = chat.stats
+
+    async def publish(room: str, name: str, text: str) -> str | None:
+        failed: list[str] = []
+        hub.broadcast(
+            clean_text(normalize(text)),
+            room=room,
+            name=clean_name(name),
+            on_error=lambda exc: failed.append(str(exc)),
+        )
+        await asyncio.sleep(0)  # a broker that fails at once has said so now
+        return failed[0] if failed else None
+
+    async def history(room: str, after: str | None, limit: int) -> tuple[list[Any], bool]:
+        page = await hub.broker.page(room, after=after, limit=limit)
+        return [json.loads(m.json()) for m in page.messages], page.complete
+
+    async def presence(room: str) -> dict[str, int]:
+        return hub.local_members(room)
+
+    async def figures() -> dict[str, Any]:
+        out: dict[str, Any] = dict(chat.gauges())
+        if stats is not None:
+            out.update(stats.snapshot())
+        return out
+
+    async def metrics() -> bytes:
+        assert stats is not None
+        return render(ChatCollector(stats, chat.gauges))
+
+    return Routes(
+        api_key=api_key,
+        publish=publish,
+        history=history,
+        presence=presence,
+        stats=figures,
+        metrics=metrics if stats is not None else None,
+        ready=chat.not_ready,
+        clean_room=clean_room,
+    )
 
 
 async def _keepalive(hub: Hub, settings: Settings) -> None:
@@ -403,11 +520,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         ),
         log_rate=args.log_rate,
         auth=make_auth(args),
+        metrics=args.metrics == "on",
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        ops_addr=parse_addr(args.ops_addr) if args.ops_addr else None,
     )
     shown = host if host is not None else "localhost"
     if ":" in shown:
         shown = f"[{shown}]"
     logger.info("chat server listening on %s://%s:%d/", chat.scheme, shown, chat.port)
+    if chat.ops is not None:
+        logger.info("ops listening on http://%s:%d/", shown, chat.ops_port)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -627,6 +749,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PEM",
         help="require an RS256 connection token verified with this public key file",
     )
+    opsg = parser.add_argument_group("server API, metrics, health (docs/chat-in-public.md)")
+    opsg.add_argument(
+        "--ops-addr",
+        metavar="HOST:PORT",
+        help="serve /api/*, /metrics, /healthz, /readyz on this (private) address, "
+        "e.g. 127.0.0.1:9090 (default: none; /healthz and /readyz are on --addr too)",
+    )
+    opsg.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="enable the server API on --ops-addr for Authorization: Bearer KEY; "
+        f"also ${API_KEY_ENV}",
+    )
+    opsg.add_argument(
+        "--metrics",
+        choices=["on", "off"],
+        default=os.environ.get(METRICS_ENV) or "on",
+        help=f"count the figures of /metrics; off removes even the counting "
+        f"(${METRICS_ENV}) (default: %(default)s)",
+    )
+    opsg.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object per line, with 'conn' on every line about a connection",
+    )
     ops = parser.add_argument_group("operation")
     ops.add_argument("--certfile", help="serve HTTPS/WSS with this PEM certificate (chain)")
     ops.add_argument("--keyfile", help="private key for --certfile (if not inside it)")
@@ -723,12 +871,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             "worker would be a separate chat; add --broker redis://HOST:PORT/DB "
             f"(or set {BROKER_ENV})"
         )
+    if args.ops_addr:
+        try:
+            parse_addr(args.ops_addr)
+        except ValueError as exc:
+            parser.error(f"--ops-addr: {exc}")
     tag = f" [worker {args.worker_index} pid %(process)d]" if args.worker_index else ""
     logging.basicConfig(
         level=args.log_level,
         format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_format == "json":
+        for log_handler in logging.getLogger().handlers:
+            log_handler.setFormatter(JsonFormatter(args.worker_index))
     if args.workers > 1:
         from .workers import supervise
 

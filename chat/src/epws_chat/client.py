@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import socket
@@ -177,6 +178,7 @@ class Client:
         "_tokens",
         "_told",
         "backlog_since",
+        "cid",
         "conn",
         "dropped",
         "holding",
@@ -200,6 +202,8 @@ class Client:
     ) -> None:
         self.hub = hub
         self.identity = identity
+        #: This connection's id in the logs (unique within the process).
+        self.cid = next(_CONNECTION_IDS)
         self.conn = conn
         self.room = room
         self.structured = conn.subprotocol == PROTOCOL
@@ -270,6 +274,9 @@ class Client:
                 for message in page.messages:
                     lines.append(message.json())
                     last = max(last, message_id_key(message.id))
+                stats = self.hub.stats
+                if after is not None and stats is not None:
+                    stats.resumes["recovered" if page.complete else "incomplete"] += 1
                 if after is not None and not page.complete:
                     lines.append(
                         json.dumps(
@@ -308,6 +315,15 @@ class Client:
         """
         if self not in self.hub:
             return  # evicted (or leaving): its lines are no longer the room's
+        stats = self.hub.stats
+        if stats is not None:
+            stats.messages_in += 1
+            # isascii() is O(1) on CPython: the exact size without an encode per message.
+            stats.bytes_in += (
+                len(message)
+                if isinstance(message, bytes) or message.isascii()
+                else len(message.encode())
+            )
         settings = self._settings
         rate = settings.rate
         if rate:
@@ -341,9 +357,14 @@ class Client:
         """A message over the rate limit: dropped; the sender told once per episode;
         closed with 1008 when the drops keep coming faster than they decay."""
         self.dropped += 1
+        stats = self.hub.stats
+        if stats is not None:
+            stats.rate_limited += 1
         self._strikes = max(0.0, self._strikes - elapsed * rate) + 1.0
         if self._strikes > limit:
             logger.warning("%s: closed for flooding (%d messages dropped)", self, self.dropped)
+            if stats is not None:
+                stats.evicted("flood")
             self.hub.unregister(self)
             self.conn.close_nowait(1008, "rate limit exceeded")
             return
@@ -412,6 +433,9 @@ class Client:
         how = "read deadline exceeded" if "read deadline" in exc.cause else f"close code {exc.code}"
         logger.info("%s disconnected (%s)", self, how)
 
+
+#: Connection ids: a process-wide sequence (the JSON log's "conn" field).
+_CONNECTION_IDS = itertools.count(1)
 
 #: History loads in flight (a task only while a JSON client joins).
 _JOINING: set[asyncio.Task[None]] = set()
