@@ -39,7 +39,8 @@ async def call(chat: Chat, method: str, path: str, body: Any = None, **kw: Any) 
 
 
 async def ops_chat(start: Any, settings: Settings | None = None, **kw: Any) -> Chat:
-    return await start(settings, ops_addr=("127.0.0.1", 0), api_key=KEY, **kw)
+    chat: Chat = await start(settings, ops_addr=("127.0.0.1", 0), api_key=KEY, **kw)
+    return chat
 
 
 async def test_the_api_needs_its_key_and_is_off_without_one(start) -> None:
