@@ -529,12 +529,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         shown = f"[{shown}]"
     logger.info("chat server listening on %s://%s:%d/", chat.scheme, shown, chat.port)
     if chat.ops is not None:
-        logger.info("ops listening on http://%s:%d/", shown, chat.ops_port)
+        logger.info("ops routes served at http://%s:%d/", shown, chat.ops_port)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if worker:
-        _report_to_supervisor(loop, stop)
+        _report_to_supervisor(loop, stop, chat.ops_port)
     signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_signal(signum: int) -> None:
@@ -558,10 +558,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _report_to_supervisor(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _report_to_supervisor(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, ops_port: int = 0
+) -> None:
     """A worker tells its parent it listens (a line on stdout) and stops by itself
     when the parent's end of its stdin closes (the parent died without stopping it)."""
-    sys.stdout.write("ready\n")
+    sys.stdout.write(f"ready ops={ops_port}\n" if ops_port else "ready\n")
     sys.stdout.flush()
     fd = sys.stdin.fileno()
 
