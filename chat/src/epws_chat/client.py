@@ -168,6 +168,8 @@ class Client:
         structured: True for ``epws.chat.v1`` (JSON) clients.
         holding: while its history loads, live messages wait here (else None).
         identity: what its token says (None: the chat is anonymous).
+        watches: True when it asked for presence (``?presence=1``, JSON only): a
+            ``presence`` line as it joins, then ``join`` and ``leave`` lines.
     """
 
     __slots__ = (
@@ -188,6 +190,7 @@ class Client:
         "name",
         "room",
         "structured",
+        "watches",
     )
 
     def __init__(
@@ -199,6 +202,7 @@ class Client:
         room: str = DEFAULT_ROOM,
         name: str = "",
         identity: Identity | None = None,
+        watches: bool = False,
     ) -> None:
         self.hub = hub
         self.identity = identity
@@ -208,6 +212,7 @@ class Client:
         self.room = room
         self.structured = conn.subprotocol == PROTOCOL
         self.name = name if self.structured else ""
+        self.watches = watches and self.structured
         self.holding: list[ChatMessage] | None = None
         #: Loop time since which the outgoing buffer has not been empty (None: empty).
         self.backlog_since: float | None = None
@@ -302,6 +307,14 @@ class Client:
             if lines:
                 self._send_line("\n".join(lines))
 
+    def send_presence(self, members: dict[str, int]) -> None:
+        """The room's members as this client joins; join and leave lines follow."""
+        self._send_line(
+            json.dumps(
+                {"type": "presence", "room": self.room, "members": members}, ensure_ascii=False
+            )
+        )
+
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
             self.conn.write_prepared_nowait(epws.PreparedMessage(epws.MessageType.TEXT, text))
@@ -386,7 +399,7 @@ class Client:
             if self.identity is not None:
                 self._send_line(_error_line("your name comes from your token"))
                 return None
-            self.name = clean_name(command["name"])
+            self.hub.rename(self, clean_name(command["name"]))
             self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
             return None
         if kind == "message" and isinstance(command.get("text"), str):
@@ -475,7 +488,8 @@ def accept(
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
-    client = Client(hub, conn, settings, room=room, name=name, identity=identity)
+    watches = (query.get("presence") or [""])[0] in ("1", "true")
+    client = Client(hub, conn, settings, room=room, name=name, identity=identity, watches=watches)
     logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
     client.start(settings, after=after)
     return client

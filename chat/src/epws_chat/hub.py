@@ -48,14 +48,22 @@ DEFAULT_ROOM = "main"
 
 
 class Room:
-    """The members of one room on this process and the batch being gathered for them."""
+    """The members of one room on this process and the batch being gathered for them.
 
-    __slots__ = ("members", "name", "pending")
+    Presence: ``counts`` is the named ``epws.chat.v1`` connections by name, now;
+    ``announced`` what the members were last told; ``changed`` the names that
+    changed this loop iteration (None: no presence flush scheduled).
+    """
+
+    __slots__ = ("announced", "changed", "counts", "members", "name", "pending")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[Client, None] = {}  # an ordered set
         self.pending: list[ChatMessage] | None = None
+        self.counts: dict[str, int] = {}
+        self.announced: dict[str, int] = {}
+        self.changed: dict[str, None] | None = None
 
 
 class Hub:
@@ -110,6 +118,64 @@ class Hub:
             self.broker.subscribe(client.room)
         room.members[client] = None
         self.clients[client] = None
+        if client.watches:
+            client.send_presence(dict(room.announced))
+        self._count(room, client.name, 1)
+
+    def rename(self, client: Client, name: str) -> None:
+        """``client`` (registered) takes another name: its presence moves with it."""
+        room = self.rooms.get(client.room)
+        if room is not None and client in room.members:
+            self._count(room, client.name, -1)
+            client.name = name
+            self._count(room, name, 1)
+        else:
+            client.name = name
+
+    def _count(self, room: Room, name: str, delta: int) -> None:
+        """One named connection more or less in ``room``: announced at the end of the
+        loop iteration, with every other change of that iteration (one frame)."""
+        if not name:
+            return
+        count = room.counts.get(name, 0) + delta
+        if count > 0:
+            room.counts[name] = count
+        else:
+            room.counts.pop(name, None)
+        if room.changed is None:
+            room.changed = {}
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush_presence, room)
+        room.changed[name] = None
+
+    def _flush_presence(self, room: Room) -> None:
+        """Tell the room's JSON members who joined and left since the last flush."""
+        changed = room.changed or {}
+        room.changed = None
+        lines = []
+        for name in changed:
+            now = room.counts.get(name, 0)
+            before = room.announced.get(name, 0)
+            if now == before:
+                continue  # came and went within the iteration: nothing to say
+            if now:
+                room.announced[name] = now
+            else:
+                room.announced.pop(name, None)
+            kind = "join" if now > before else "leave"
+            lines.append(
+                json.dumps(
+                    {"type": kind, "room": room.name, "name": name, "connections": now},
+                    ensure_ascii=False,
+                )
+            )
+        if not lines or self.rooms.get(room.name) is not room:
+            return
+        message = _prepare(lines, room.name)
+        for client in room.members:
+            if client.watches:
+                with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
+                    client.conn.write_prepared_nowait(message)
 
     def unregister(self, client: Client) -> None:
         """Remove ``client``; a client the hub already evicted is left alone (no-op)."""
@@ -122,7 +188,8 @@ class Hub:
         room = self.rooms.get(client.room)
         if room is None:
             return
-        room.members.pop(client, None)
+        if room.members.pop(client, False) is None:
+            self._count(room, client.name, -1)
         if not room.members:
             del self.rooms[client.room]
             self.broker.unsubscribe(client.room)
@@ -159,13 +226,8 @@ class Hub:
     def local_members(self, room: str) -> dict[str, int]:
         """Names in ``room`` on this process, with their connection counts (clients
         without a name are not members anyone can see)."""
-        out: dict[str, int] = {}
         members = self.rooms.get(room)
-        if members is not None:
-            for client in members.members:
-                if client.name:
-                    out[client.name] = out.get(client.name, 0) + 1
-        return out
+        return dict(members.counts) if members is not None else {}
 
     def deliver(self, message: ChatMessage) -> None:
         """A message for ``message.room`` (from this process or another): batch it."""
