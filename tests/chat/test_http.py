@@ -57,10 +57,10 @@ async def test_other_paths_get_404(start) -> None:
 async def test_room_pages_serve_the_same_page(start) -> None:
     chat = await start()
     page = (STATIC_DIR / "home.html").read_bytes()
-    for path in ("/r/dev", "/r/a.b_c-9", "/?room=dev"):
+    for path in ("/r/dev", "/r/a.b_c-9", "/r/ops/alerts", "/?room=dev"):
         status, _, body = await http(chat.port, get(path))
         assert (status, body) == (200, page), path
-    for path in ("/r/no%20space", "/r/a/b", "/r/" + "x" * 65, "/room/dev"):
+    for path in ("/r/no%20space", "/r/a/", "/r/a//b", "/r/" + "x" * 65, "/room/dev"):
         status, _, body = await http(chat.port, get(path))
         assert (status, body) == (404, b"Not found\n"), path
     status, _, _ = await http(chat.port, get("/r/dev", "POST", "Content-Length: 0\n"))

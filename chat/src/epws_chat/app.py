@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import json
 import logging
 import os
 import signal
@@ -30,23 +31,42 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import epws
 
-from .broker import Broker, MemoryBroker
-from .client import PROTOCOL, Settings, accept, clean_room
+from .auth import (
+    EXPIRED_CODE,
+    AuthError,
+    ExpiryQueue,
+    Identity,
+    TokenAuth,
+    mint,
+    parse_duration,
+)
+from .broker import Broker, MemoryBroker, clean_text
+from .client import PROTOCOL, Client, Settings, accept, clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
+from .logs import JsonFormatter
+from .metrics import ChatCollector, Counters, render
+from .ops import Routes, serve_ops
 
 __all__ = [
+    "API_KEY_ENV",
     "BROKER_ENV",
+    "METRICS_ENV",
+    "SECRET_ENV",
     "Chat",
     "build_parser",
     "main",
     "make_broker",
+    "make_auth",
     "make_process_request",
+    "identify",
     "parse_addr",
     "start_chat",
+    "token_main",
 ]
 
 logger = logging.getLogger("epws_chat")
@@ -58,6 +78,13 @@ _NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 #: The environment variable that chooses the broker when ``--broker`` is not given.
 BROKER_ENV = "EPWS_CHAT_BROKER"
+#: The environment variable holding the HS256 secret when ``--auth-secret`` is not
+#: given (a secret on a command line is visible to every user of the machine).
+SECRET_ENV = "EPWS_CHAT_AUTH_SECRET"
+#: The environment variable holding the server API's key when ``--api-key`` is not given.
+API_KEY_ENV = "EPWS_CHAT_API_KEY"
+#: ``off`` counts nothing (``--metrics``'s default when set).
+METRICS_ENV = "EPWS_CHAT_METRICS"
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -106,18 +133,35 @@ def parse_addr(addr: str) -> tuple[str | None, int]:
 
 
 def make_process_request(
-    static_dir: Path = STATIC_DIR, gate: Gate | None = None
+    static_dir: Path = STATIC_DIR,
+    gate: Gate | None = None,
+    auth: TokenAuth | None = None,
+    stats: Counters | None = None,
+    ready: Callable[[], str] | None = None,
 ) -> Callable[[epws.Request], epws.HTTPResponse | None]:
     """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade
-    unless the ``gate`` refuses it (503: full; 429: too many from that address)."""
+    unless the ``gate`` refuses it (503: full; 429: too many from that address) or
+    ``auth`` does (401: no valid token; 403: the token does not allow the room).
+    ``/healthz`` and ``/readyz`` answer load balancers (``ready``: why not, or "")."""
     page = static_dir / "home.html"
 
     def process_request(request: epws.Request) -> epws.HTTPResponse | None:
         if request.path == "/ws":
             refusal = gate.check_request(request) if gate is not None else None
+            if refusal is None and auth is not None:
+                refusal = _check_token(auth, request)
             if refusal is not None:
-                logger.info("refused %s: HTTP %d", request.target, refusal.status)
+                logger.info("refused %s: HTTP %d", request.path, refusal.status)
+                if stats is not None:
+                    stats.handshake(refusal.status)
             return refusal
+        if request.path == "/healthz":
+            return epws.HTTPResponse(200, "ok\n", headers=[_NOSNIFF])
+        if request.path == "/readyz":
+            why = ready() if ready is not None else ""
+            return epws.HTTPResponse(
+                503 if why else 200, (why or "ready") + "\n", headers=[_NOSNIFF]
+            )
         logger.info("%s %s", request.method, request.target)
         if request.path != "/" and not _is_room_page(request.path):
             return epws.HTTPResponse(404, "Not found\n", headers=[_NOSNIFF])
@@ -128,6 +172,30 @@ def make_process_request(
         return _serve_file(request, page)
 
     return process_request
+
+
+def identify(auth: TokenAuth, request: epws.Request | None) -> Identity:
+    """The identity of a ``/ws`` request's ``?token=`` for the room it asks for;
+    AuthError when refused. A malformed room name passes here: the handler refuses it
+    (1008) with the room rule's own message."""
+    query = request.query if request is not None else {}
+    token = (query.get("token") or [""])[0] or None
+    try:
+        room = clean_room((query.get("room") or [""])[0])
+    except ValueError:
+        return auth.verify(token)
+    return auth.check(token, room)
+
+
+def _check_token(auth: TokenAuth, request: epws.Request) -> epws.HTTPResponse | None:
+    try:
+        identify(auth, request)
+    except AuthError as exc:
+        headers = [_NOSNIFF]
+        if exc.status == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="epws-chat"'))
+        return epws.HTTPResponse(exc.status, exc.text + "\n", headers=headers)
+    return None
 
 
 def _is_room_page(path: str) -> bool:
@@ -177,6 +245,33 @@ class Chat:
     pinger: asyncio.Task[None]
     gate: Gate
     log_filters: list[RateLimitedLog]
+    expiry: ExpiryQueue
+    stats: Counters | None
+    ops: asyncio.Server | None = None
+    closing: bool = False
+
+    @property
+    def ops_port(self) -> int:
+        """The port of the ops listener (``--ops-addr``); 0 when there is none."""
+        if self.ops is None or not self.ops.sockets:
+            return 0
+        return int(self.ops.sockets[0].getsockname()[1])
+
+    def not_ready(self) -> str:
+        """Why this process should get no new connections ("" when it should)."""
+        if self.closing:
+            return "shutting down"
+        if not getattr(self.hub.broker, "connected", True):
+            return "the broker is not connected"
+        return ""
+
+    def gauges(self) -> dict[str, float]:
+        """The live figures of ``/metrics`` and ``/api/stats``."""
+        return {
+            "connections": len(self.hub),
+            "rooms": len(self.hub.rooms),
+            "broker_connected": 0 if self.not_ready() == "the broker is not connected" else 1,
+        }
 
     @property
     def port(self) -> int:
@@ -190,6 +285,9 @@ class Chat:
         """
         loop = asyncio.get_running_loop()
         server = self.server
+        self.closing = True
+        if self.ops is not None:
+            self.ops.close()
 
         def drop_all() -> None:
             for conn in list(server.connections):
@@ -197,6 +295,7 @@ class Chat:
 
         timer = loop.call_later(timeout, drop_all)
         self.pinger.cancel()
+        self.expiry.close()
         for log_filter, name in zip(self.log_filters, FLOODABLE, strict=False):
             logging.getLogger(name).removeFilter(log_filter)
         try:
@@ -218,24 +317,55 @@ async def start_chat(
     reuse_port: bool = False,
     gate: Gate | None = None,
     log_rate: float = 20.0,
+    auth: TokenAuth | None = None,
+    metrics: bool = True,
+    api_key: str | None = None,
+    ops_addr: tuple[str | None, int] | None = None,
 ) -> Chat:
     """Start a chat server on the running loop (port 0: any free port).
 
     ``gate`` caps connections (default: :class:`~epws_chat.limits.Gate`'s caps);
-    ``log_rate`` bounds the per-request and per-connection log lines per second.
+    ``log_rate`` bounds the per-request and per-connection log lines per second;
+    ``auth`` requires a connection token (None: anonymous, as the Go original);
+    ``metrics`` False counts nothing (``--metrics off``); ``ops_addr`` (host, port)
+    opens the ops listener (:mod:`epws_chat.ops`), whose ``/api`` routes need
+    ``api_key``.
     """
     settings = settings or Settings()
     gate = gate if gate is not None else Gate()
-    hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait)
+    stats = Counters() if metrics else None
+    hub = Hub(broker, send_limit=settings.send_limit, write_wait=settings.write_wait, stats=stats)
     await hub.start()
 
+    def expired(client: Client) -> None:
+        logger.info("%s: token expired", client)
+        if stats is not None:
+            stats.evicted("token_expired")
+        hub.unregister(client)
+        client.conn.close_nowait(EXPIRED_CODE, "token expired")
+
+    expiry = ExpiryQueue(expired, hub.__contains__)
+
     def handler(conn: epws.Conn) -> None:
+        identity: Identity | None = None
+        if auth is not None:
+            try:  # checked before the upgrade; again here, as it may expire meanwhile
+                identity = identify(auth, conn.request)
+            except AuthError as exc:
+                conn.close_nowait(EXPIRED_CODE if exc.status == 401 else 1008, exc.text)
+                return
+        if stats is not None:
+            stats.handshake(101)
         address = gate.admit(conn)
         if address is None:
             logger.info("refused %s: too many connections", conn.remote_address)
+            if stats is not None:
+                stats.evicted("address_cap")
             conn.close_nowait(1013, "too many connections; try again later")
             return
-        accept(hub, settings, conn)
+        client = accept(hub, settings, conn, identity)
+        if client is not None and identity is not None and identity.expires is not None:
+            expiry.add(client, identity.expires)
         on_close = conn.on_close
 
         def closed(exc: epws.ConnectionClosed) -> None:
@@ -260,7 +390,9 @@ async def start_chat(
         host,
         None if sock is not None else port,
         upgrader=upgrader,
-        process_request=make_process_request(static_dir, gate),
+        process_request=make_process_request(
+            static_dir, gate, auth, stats, lambda: chat.not_ready()
+        ),
         ssl=ssl_context,
         sock=sock,
         reuse_port=reuse_port,
@@ -268,7 +400,55 @@ async def start_chat(
     pinger = asyncio.get_running_loop().create_task(_keepalive(hub, settings))
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
-    return Chat(server, hub, settings, scheme, pinger, gate, filters)
+    chat = Chat(server, hub, settings, scheme, pinger, gate, filters, expiry, stats)
+    if ops_addr is not None:
+        chat.ops = await serve_ops(make_routes(chat, api_key), *ops_addr)
+    return chat
+
+
+def make_routes(chat: Chat, api_key: str | None) -> Routes:
+    """The ops routes of one chat process (:mod:`epws_chat.ops`)."""
+    hub = chat.hub
+    stats = chat.stats
+
+    async def publish(room: str, name: str, text: str) -> str | None:
+        failed: list[str] = []
+        hub.broadcast(
+            clean_text(normalize(text)),
+            room=room,
+            name=clean_name(name),
+            on_error=lambda exc: failed.append(str(exc)),
+        )
+        await asyncio.sleep(0)  # a broker that fails at once has said so now
+        return failed[0] if failed else None
+
+    async def history(room: str, after: str | None, limit: int) -> tuple[list[Any], bool]:
+        page = await hub.broker.page(room, after=after, limit=limit)
+        return [json.loads(m.json()) for m in page.messages], page.complete
+
+    async def presence(room: str) -> dict[str, int]:
+        return hub.local_members(room)
+
+    async def figures() -> dict[str, Any]:
+        out: dict[str, Any] = dict(chat.gauges())
+        if stats is not None:
+            out.update(stats.snapshot())
+        return out
+
+    async def metrics() -> bytes:
+        assert stats is not None
+        return render(ChatCollector(stats, chat.gauges))
+
+    return Routes(
+        api_key=api_key,
+        publish=publish,
+        history=history,
+        presence=presence,
+        stats=figures,
+        metrics=metrics if stats is not None else None,
+        ready=chat.not_ready,
+        clean_room=clean_room,
+    )
 
 
 async def _keepalive(hub: Hub, settings: Settings) -> None:
@@ -305,6 +485,14 @@ async def _keepalive(hub: Hub, settings: Settings) -> None:
                 next_ping = loop.time() + settings.ping_period
 
 
+def make_auth(args: argparse.Namespace) -> TokenAuth | None:
+    """The token check the ``--auth-*`` options ask for (None: anonymous)."""
+    if args.auth_public_key:
+        return TokenAuth.from_public_key(args.auth_public_key)
+    secret = args.auth_secret or os.environ.get(SECRET_ENV)
+    return TokenAuth.from_secret(secret) if secret else None
+
+
 def _ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile, keyfile)
@@ -331,16 +519,22 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             trust_forwarded=args.trust_forwarded_for,
         ),
         log_rate=args.log_rate,
+        auth=make_auth(args),
+        metrics=args.metrics == "on",
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        ops_addr=parse_addr(args.ops_addr) if args.ops_addr else None,
     )
     shown = host if host is not None else "localhost"
     if ":" in shown:
         shown = f"[{shown}]"
     logger.info("chat server listening on %s://%s:%d/", chat.scheme, shown, chat.port)
+    if chat.ops is not None:
+        logger.info("ops routes served at http://%s:%d/", shown, chat.ops_port)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if worker:
-        _report_to_supervisor(loop, stop)
+        _report_to_supervisor(loop, stop, chat.ops_port)
     signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_signal(signum: int) -> None:
@@ -364,10 +558,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _report_to_supervisor(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+def _report_to_supervisor(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, ops_port: int = 0
+) -> None:
     """A worker tells its parent it listens (a line on stdout) and stops by itself
     when the parent's end of its stdin closes (the parent died without stopping it)."""
-    sys.stdout.write("ready\n")
+    sys.stdout.write(f"ready ops={ops_port}\n" if ops_port else "ready\n")
     sys.stdout.flush()
     fd = sys.stdin.fileno()
 
@@ -542,6 +738,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Set by the supervisor on the command line of each worker it starts.
     scale.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    who = parser.add_argument_group("identity (docs/chat-in-public.md)")
+    keys = who.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--auth-secret",
+        metavar="SECRET",
+        help="require an HS256 connection token (?token=) signed with SECRET; also "
+        f"${SECRET_ENV}; without --auth-* the chat is anonymous",
+    )
+    keys.add_argument(
+        "--auth-public-key",
+        metavar="PEM",
+        help="require an RS256 connection token verified with this public key file",
+    )
+    opsg = parser.add_argument_group("server API, metrics, health (docs/chat-in-public.md)")
+    opsg.add_argument(
+        "--ops-addr",
+        metavar="HOST:PORT",
+        help="serve /api/*, /metrics, /healthz, /readyz on this (private) address, "
+        "e.g. 127.0.0.1:9090 (default: none; /healthz and /readyz are on --addr too)",
+    )
+    opsg.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="enable the server API on --ops-addr for Authorization: Bearer KEY; "
+        f"also ${API_KEY_ENV}",
+    )
+    opsg.add_argument(
+        "--metrics",
+        choices=["on", "off"],
+        default=os.environ.get(METRICS_ENV) or "on",
+        help=f"count the figures of /metrics; off removes even the counting "
+        f"(${METRICS_ENV}) (default: %(default)s)",
+    )
+    opsg.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object per line, with 'conn' on every line about a connection",
+    )
     ops = parser.add_argument_group("operation")
     ops.add_argument("--certfile", help="serve HTTPS/WSS with this PEM certificate (chain)")
     ops.add_argument("--keyfile", help="private key for --certfile (if not inside it)")
@@ -606,7 +841,13 @@ def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``epws-chat``; returns the exit status."""
+    """Entry point of ``epws-chat``; returns the exit status.
+
+    ``epws-chat token ...`` mints a connection token instead (:func:`token_main`).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = _settings(parser, args)
@@ -616,6 +857,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.keyfile and not args.certfile:
         parser.error("--keyfile needs --certfile")
+    try:
+        make_auth(args)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--auth-*: {exc}")
     try:
         broker_kind = check_broker(args.broker)
     except ValueError as exc:
@@ -628,17 +873,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "worker would be a separate chat; add --broker redis://HOST:PORT/DB "
             f"(or set {BROKER_ENV})"
         )
+    if args.ops_addr:
+        try:
+            parse_addr(args.ops_addr)
+        except ValueError as exc:
+            parser.error(f"--ops-addr: {exc}")
     tag = f" [worker {args.worker_index} pid %(process)d]" if args.worker_index else ""
     logging.basicConfig(
         level=args.log_level,
         format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_format == "json":
+        for log_handler in logging.getLogger().handlers:
+            log_handler.setFormatter(JsonFormatter(args.worker_index))
     if args.workers > 1:
         from .workers import supervise
 
         host, port = parse_addr(args.addr)
-        return supervise(args, list(sys.argv[1:] if argv is None else argv), host, port)
+        return supervise(args, argv, host, port)
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
         try:
             return runner.run(run(args, settings))
@@ -648,3 +901,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:  # e.g. a malformed Redis URL
             logger.critical("%s", exc)
             return 2
+
+
+def token_main(argv: Sequence[str]) -> int:
+    """``epws-chat token --sub alice --rooms 'dev,ops/*' --ttl 1h``: print a token.
+
+    The token is the last line of the output, so ``$(epws-chat token ... | tail -1)``
+    works whatever else is printed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="epws-chat token",
+        description="Mint a connection token for trying the chat with --auth-*.",
+    )
+    parser.add_argument("--sub", required=True, help="the name shown (the 'sub' claim)")
+    parser.add_argument(
+        "--rooms",
+        default=None,
+        help="comma-separated room patterns the holder may join, e.g. 'dev,ops/*' "
+        "(default: every room)",
+    )
+    parser.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 2d (default: 1h)")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--secret", help=f"HS256 secret (default: ${SECRET_ENV})")
+    keys.add_argument("--private-key", metavar="PEM", help="sign with RS256 with this key file")
+    args = parser.parse_args(argv)
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if ttl <= 0:
+        parser.error("--ttl must be positive")
+    if args.private_key:
+        try:
+            key: str | bytes = Path(args.private_key).read_bytes()
+        except OSError as exc:
+            parser.error(f"--private-key: {exc}")
+        algorithm = "RS256"
+    else:
+        key = args.secret or os.environ.get(SECRET_ENV) or ""
+        if not key:
+            parser.error(f"give --secret, --private-key or ${SECRET_ENV}")
+        algorithm = "HS256"
+    try:
+        token = mint(key, args.sub, rooms=args.rooms, ttl=ttl, algorithm=algorithm)
+    except (ValueError, TypeError) as exc:  # e.g. not a private key
+        parser.error(f"cannot sign: {exc}")
+    print(token)
+    return 0

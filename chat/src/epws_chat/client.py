@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import socket
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import epws
 
+from .auth import Identity
 from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
 from .hub import DEFAULT_ROOM, Hub
 
@@ -66,11 +68,22 @@ def normalize(message: str) -> str:
 
 
 def clean_room(room: str | None) -> str:
-    """A room name from a URL: 1-64 of ``[A-Za-z0-9._-]``; anything else is refused."""
+    """A room name from a URL: 1-64 of ``[A-Za-z0-9._-]`` in segments joined by ``/``
+    (``ops/alerts``: what a token's ``ops/*`` pattern allows); anything else is refused.
+
+    No segment is empty, ``.`` or ``..``, so ``/r/<room>`` is a path no browser or
+    proxy rewrites.
+    """
     if not room:
         return DEFAULT_ROOM
-    if len(room) > 64 or not _ROOM_CHARS.issuperset(room):
-        raise ValueError("a room name is 1-64 letters, digits, '.', '_' or '-'")
+    if (
+        len(room) > 64
+        or not _ROOM_CHARS.issuperset(room.replace("/", ""))
+        or any(part in ("", ".", "..") for part in room.split("/"))
+    ):
+        raise ValueError(
+            "a room name is 1-64 letters, digits, '.', '_' or '-', in parts joined by '/'"
+        )
     return room
 
 
@@ -154,6 +167,9 @@ class Client:
         name: its display name ("" for seed-protocol clients).
         structured: True for ``epws.chat.v1`` (JSON) clients.
         holding: while its history loads, live messages wait here (else None).
+        identity: what its token says (None: the chat is anonymous).
+        watches: True when it asked for presence (``?presence=1``, JSON only): a
+            ``presence`` line as it joins, then ``join`` and ``leave`` lines.
     """
 
     __slots__ = (
@@ -164,14 +180,17 @@ class Client:
         "_tokens",
         "_told",
         "backlog_since",
+        "cid",
         "conn",
         "dropped",
         "holding",
         "hub",
+        "identity",
         "label",
         "name",
         "room",
         "structured",
+        "watches",
     )
 
     def __init__(
@@ -182,12 +201,18 @@ class Client:
         *,
         room: str = DEFAULT_ROOM,
         name: str = "",
+        identity: Identity | None = None,
+        watches: bool = False,
     ) -> None:
         self.hub = hub
+        self.identity = identity
+        #: This connection's id in the logs (unique within the process).
+        self.cid = next(_CONNECTION_IDS)
         self.conn = conn
         self.room = room
         self.structured = conn.subprotocol == PROTOCOL
         self.name = name if self.structured else ""
+        self.watches = watches and self.structured
         self.holding: list[ChatMessage] | None = None
         #: Loop time since which the outgoing buffer has not been empty (None: empty).
         self.backlog_since: float | None = None
@@ -254,6 +279,9 @@ class Client:
                 for message in page.messages:
                     lines.append(message.json())
                     last = max(last, message_id_key(message.id))
+                stats = self.hub.stats
+                if after is not None and stats is not None:
+                    stats.resumes["recovered" if page.complete else "incomplete"] += 1
                 if after is not None and not page.complete:
                     lines.append(
                         json.dumps(
@@ -279,6 +307,14 @@ class Client:
             if lines:
                 self._send_line("\n".join(lines))
 
+    def send_presence(self, members: dict[str, int]) -> None:
+        """The room's members as this client joins; join and leave lines follow."""
+        self._send_line(
+            json.dumps(
+                {"type": "presence", "room": self.room, "members": members}, ensure_ascii=False
+            )
+        )
+
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
             self.conn.write_prepared_nowait(epws.PreparedMessage(epws.MessageType.TEXT, text))
@@ -292,6 +328,15 @@ class Client:
         """
         if self not in self.hub:
             return  # evicted (or leaving): its lines are no longer the room's
+        stats = self.hub.stats
+        if stats is not None:
+            stats.messages_in += 1
+            # isascii() is O(1) on CPython: the exact size without an encode per message.
+            stats.bytes_in += (
+                len(message)
+                if isinstance(message, bytes) or message.isascii()
+                else len(message.encode())
+            )
         settings = self._settings
         rate = settings.rate
         if rate:
@@ -325,9 +370,14 @@ class Client:
         """A message over the rate limit: dropped; the sender told once per episode;
         closed with 1008 when the drops keep coming faster than they decay."""
         self.dropped += 1
+        stats = self.hub.stats
+        if stats is not None:
+            stats.rate_limited += 1
         self._strikes = max(0.0, self._strikes - elapsed * rate) + 1.0
         if self._strikes > limit:
             logger.warning("%s: closed for flooding (%d messages dropped)", self, self.dropped)
+            if stats is not None:
+                stats.evicted("flood")
             self.hub.unregister(self)
             self.conn.close_nowait(1008, "rate limit exceeded")
             return
@@ -346,7 +396,10 @@ class Client:
             return line
         kind = command.get("type", "message")
         if kind == "name" and isinstance(command.get("name"), str):
-            self.name = clean_name(command["name"])
+            if self.identity is not None:
+                self._send_line(_error_line("your name comes from your token"))
+                return None
+            self.hub.rename(self, clean_name(command["name"]))
             self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
             return None
         if kind == "message" and isinstance(command.get("text"), str):
@@ -394,6 +447,9 @@ class Client:
         logger.info("%s disconnected (%s)", self, how)
 
 
+#: Connection ids: a process-wide sequence (the JSON log's "conn" field).
+_CONNECTION_IDS = itertools.count(1)
+
 #: History loads in flight (a task only while a JSON client joins).
 _JOINING: set[asyncio.Task[None]] = set()
 
@@ -402,16 +458,25 @@ def _error_line(text: str) -> str:
     return json.dumps({"type": "error", "text": text})
 
 
-def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
-    """The server's handler (callback mode): make the Client and start it; no task."""
+def accept(
+    hub: Hub, settings: Settings, conn: epws.Conn, identity: Identity | None = None
+) -> Client | None:
+    """The server's handler (callback mode): make the Client and start it; no task.
+
+    With an ``identity`` (a checked token) its ``sub`` is the name; else the
+    ``?name=`` the page sends. None when the request names no valid room.
+    """
     request = conn.request
     query = request.query if request is not None else {}
     try:
         room = clean_room((query.get("room") or [""])[0])
     except ValueError as exc:
         conn.close_nowait(1008, str(exc))
-        return
-    name = clean_name((query.get("name") or [""])[0])
+        return None
+    if identity is not None:
+        name = clean_name(identity.name)
+    else:
+        name = clean_name((query.get("name") or [""])[0])
     after: str | None = (query.get("after") or [""])[0] or None
     if after is not None:
         try:
@@ -423,6 +488,8 @@ def accept(hub: Hub, settings: Settings, conn: epws.Conn) -> None:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
-    client = Client(hub, conn, settings, room=room, name=name)
+    watches = (query.get("presence") or [""])[0] in ("1", "true")
+    client = Client(hub, conn, settings, room=room, name=name, identity=identity, watches=watches)
     logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
     client.start(settings, after=after)
+    return client

@@ -28,11 +28,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import epws
 
 from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .metrics import Counters
 
 if TYPE_CHECKING:
     from .client import Client
@@ -46,14 +48,22 @@ DEFAULT_ROOM = "main"
 
 
 class Room:
-    """The members of one room on this process and the batch being gathered for them."""
+    """The members of one room on this process and the batch being gathered for them.
 
-    __slots__ = ("members", "name", "pending")
+    Presence: ``counts`` is the named ``epws.chat.v1`` connections by name, now;
+    ``announced`` what the members were last told; ``changed`` the names that
+    changed this loop iteration (None: no presence flush scheduled).
+    """
+
+    __slots__ = ("announced", "changed", "counts", "members", "name", "pending")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[Client, None] = {}  # an ordered set
         self.pending: list[ChatMessage] | None = None
+        self.counts: dict[str, int] = {}
+        self.announced: dict[str, int] = {}
+        self.changed: dict[str, None] | None = None
 
 
 class Hub:
@@ -63,9 +73,10 @@ class Hub:
         broker: where messages go and come from (default: this process only).
         send_limit: bytes a client may have waiting to be sent before it is evicted.
         write_wait: seconds a client's outgoing buffer may stay non-empty.
+        stats: where the figures are counted (None: not counted, ``--metrics off``).
     """
 
-    __slots__ = ("_loop", "broker", "clients", "rooms", "send_limit", "write_wait")
+    __slots__ = ("_loop", "broker", "clients", "rooms", "send_limit", "stats", "write_wait")
 
     def __init__(
         self,
@@ -73,7 +84,9 @@ class Hub:
         *,
         send_limit: int = 256 * 512,
         write_wait: float = 10.0,
+        stats: Counters | None = None,
     ) -> None:
+        self.stats = stats
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.send_limit = send_limit
         self.write_wait = write_wait
@@ -105,6 +118,64 @@ class Hub:
             self.broker.subscribe(client.room)
         room.members[client] = None
         self.clients[client] = None
+        if client.watches:
+            client.send_presence(dict(room.announced))
+        self._count(room, client.name, 1)
+
+    def rename(self, client: Client, name: str) -> None:
+        """``client`` (registered) takes another name: its presence moves with it."""
+        room = self.rooms.get(client.room)
+        if room is not None and client in room.members:
+            self._count(room, client.name, -1)
+            client.name = name
+            self._count(room, name, 1)
+        else:
+            client.name = name
+
+    def _count(self, room: Room, name: str, delta: int) -> None:
+        """One named connection more or less in ``room``: announced at the end of the
+        loop iteration, with every other change of that iteration (one frame)."""
+        if not name:
+            return
+        count = room.counts.get(name, 0) + delta
+        if count > 0:
+            room.counts[name] = count
+        else:
+            room.counts.pop(name, None)
+        if room.changed is None:
+            room.changed = {}
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush_presence, room)
+        room.changed[name] = None
+
+    def _flush_presence(self, room: Room) -> None:
+        """Tell the room's JSON members who joined and left since the last flush."""
+        changed = room.changed or {}
+        room.changed = None
+        lines = []
+        for name in changed:
+            now = room.counts.get(name, 0)
+            before = room.announced.get(name, 0)
+            if now == before:
+                continue  # came and went within the iteration: nothing to say
+            if now:
+                room.announced[name] = now
+            else:
+                room.announced.pop(name, None)
+            kind = "join" if now > before else "leave"
+            lines.append(
+                json.dumps(
+                    {"type": kind, "room": room.name, "name": name, "connections": now},
+                    ensure_ascii=False,
+                )
+            )
+        if not lines or self.rooms.get(room.name) is not room:
+            return
+        message = _prepare(lines, room.name)
+        for client in room.members:
+            if client.watches:
+                with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
+                    client.conn.write_prepared_nowait(message)
 
     def unregister(self, client: Client) -> None:
         """Remove ``client``; a client the hub already evicted is left alone (no-op)."""
@@ -117,15 +188,18 @@ class Hub:
         room = self.rooms.get(client.room)
         if room is None:
             return
-        room.members.pop(client, None)
+        if room.members.pop(client, False) is None:
+            self._count(room, client.name, -1)
         if not room.members:
             del self.rooms[client.room]
             self.broker.unsubscribe(client.room)
 
-    def evict(self, client: Client) -> None:
+    def evict(self, client: Client, reason: str = "send_buffer") -> None:
         """Remove a dead or stuck client and close it, without waiting for it."""
         if client not in self.clients:
             return
+        if self.stats is not None:
+            self.stats.evicted(reason)
         del self.clients[client]
         self._leave(client)
         client.evicted()
@@ -133,11 +207,27 @@ class Hub:
     # ------------------------------------------------------- messages
 
     def broadcast(
-        self, text: str, *, room: str = DEFAULT_ROOM, name: str = "", sender: Client | None = None
+        self,
+        text: str,
+        *,
+        room: str = DEFAULT_ROOM,
+        name: str = "",
+        sender: Client | None = None,
+        on_error: Callable[[BrokerError], None] | None = None,
     ) -> None:
-        """Send ``text`` to every member of ``room`` on every process, sender included."""
-        on_error = sender.publish_failed if sender is not None else _log_publish_error
+        """Send ``text`` to every member of ``room`` on every process, sender included.
+
+        A failure goes to ``on_error``, else to the sender, else to the log.
+        """
+        if on_error is None:
+            on_error = sender.publish_failed if sender is not None else _log_publish_error
         self.broker.publish(room, name, text, on_error)
+
+    def local_members(self, room: str) -> dict[str, int]:
+        """Names in ``room`` on this process, with their connection counts (clients
+        without a name are not members anyone can see)."""
+        members = self.rooms.get(room)
+        return dict(members.counts) if members is not None else {}
 
     def deliver(self, message: ChatMessage) -> None:
         """A message for ``message.room`` (from this process or another): batch it."""
@@ -184,6 +274,7 @@ class Hub:
         stuck: list[Client] | None = None
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
+        sent_plain = sent_structured = 0
         for client in room.members:
             if client.holding is not None:
                 client.holding.extend(batch)  # history still loading: keep the order
@@ -205,16 +296,27 @@ class Hub:
                 if structured is None:
                     structured = _prepare([m.json() for m in batch], room.name)
                 message = structured
+                sent_structured += 1
             else:
                 if plain is None:
                     plain = _prepare([m.text for m in batch], room.name)
                 message = plain
+                sent_plain += 1
             if message is _NOTHING:
                 continue
             try:  # noqa: SIM105 - the hot loop: cheaper than contextlib.suppress
                 conn.write_prepared_nowait(message)
             except (epws.ConnectionClosed, epws.InvalidState):
                 pass  # closing: its on_close unregisters it
+        stats = self.stats
+        if stats is not None:  # once per batch, never per recipient
+            sent = sent_plain + sent_structured
+            stats.frames_out += sent
+            stats.messages_out += sent * len(batch)
+            if plain is not None:
+                stats.bytes_out += sent_plain * len(plain.data)
+            if structured is not None:
+                stats.bytes_out += sent_structured * len(structured.data)
         if stuck is not None:
             for client in stuck:
                 logger.info("evicted %s: send buffer full", client)
@@ -241,7 +343,7 @@ class Hub:
                 client.backlog_since = None
         for client in stuck:
             logger.info("evicted %s: nothing sent for %.3g s", client, self.write_wait)
-            self.evict(client)
+            self.evict(client, "write_wait")
         return len(stuck)
 
 

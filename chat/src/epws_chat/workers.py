@@ -89,6 +89,8 @@ class _Worker:
         self.proc: asyncio.subprocess.Process | None = None
         self.started = 0.0
         self.delay = RESTART_BACKOFF[0]
+        #: The worker's private ops port (its ``ready ops=PORT`` line), 0: none.
+        self.ops_port = 0
 
     @property
     def pid(self) -> int | None:
@@ -141,14 +143,27 @@ class Supervisor:
             )
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-        if line.strip() != b"ready":
+        words = line.split()
+        if words[:1] != [b"ready"]:
             status = await proc.wait()
             logger.error(
                 "worker %d (pid %d) failed to start (exit %s)", worker.index, proc.pid, status
             )
             return False
+        worker.ops_port = 0
+        for word in words[1:]:
+            if word.startswith(b"ops="):
+                worker.ops_port = int(word[4:])
         logger.info("worker %d ready (pid %d)", worker.index, proc.pid)
         return True
+
+    def ops_ports(self) -> list[int]:
+        """The ops ports of the workers running now."""
+        return [
+            w.ops_port
+            for w in self.workers
+            if w.ops_port and w.proc is not None and w.proc.returncode is None
+        ]
 
     async def _watch(self, worker: _Worker) -> None:
         """Restart ``worker`` whenever it dies, until the supervisor stops."""
@@ -157,6 +172,7 @@ class Supervisor:
             proc = worker.proc
             assert proc is not None
             status = await proc.wait()
+            worker.ops_port = 0
             if self.stopping:
                 return
             lived = time.monotonic() - worker.started
@@ -197,9 +213,21 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signum)
 
-    async def run(self, banner: str) -> int:
-        """Run until SIGINT/SIGTERM; the exit status (1 if the workers cannot start)."""
+    async def run(self, banner: str, ops_addr: tuple[str | None, int] | None = None) -> int:
+        """Run until SIGINT/SIGTERM; the exit status (1 if the workers cannot start).
+
+        With ``ops_addr`` the supervisor serves the whole server's ops routes there
+        (:mod:`epws_chat.fleet`).
+        """
         loop = asyncio.get_running_loop()
+        ops = None
+        if ops_addr is not None:
+            from .fleet import FleetRoutes
+            from .ops import serve_ops
+
+            ops = await serve_ops(FleetRoutes(self.ops_ports), *ops_addr)
+            port = ops.sockets[0].getsockname()[1]
+            logger.info("ops routes served at http://%s:%d/", ops_addr[0] or "localhost", port)
         self._stop = asyncio.Event()
         signals = (signal.SIGINT, signal.SIGTERM)
         for signum in signals:
@@ -218,6 +246,8 @@ class Supervisor:
             return 0
         finally:
             self.stopping = True
+            if ops is not None:
+                ops.close()
             await self._stop_all()
             for task in watchers:
                 task.cancel()
@@ -258,6 +288,12 @@ def supervise(args: argparse.Namespace, argv: Sequence[str], host: str | None, p
     shown = host if host is not None else ""
     addr = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
     worker_argv = [*argv, "--addr", addr, "--workers", "1"]
+    ops_addr = None
+    if args.ops_addr:  # the parent takes the address; each worker a private port
+        from .app import parse_addr
+
+        ops_addr = parse_addr(args.ops_addr)
+        worker_argv += ["--ops-addr", "127.0.0.1:0"]
     scheme = "https" if args.certfile else "http"
     display = host if host is not None else "localhost"
     if ":" in display:
@@ -266,7 +302,7 @@ def supervise(args: argparse.Namespace, argv: Sequence[str], host: str | None, p
     supervisor = Supervisor(worker_argv, args.workers, args.shutdown_timeout)
     try:
         # The parent only waits on pipes and child processes: the default loop is enough.
-        return asyncio.run(supervisor.run(banner))
+        return asyncio.run(supervisor.run(banner, ops_addr))
     finally:
         if reserved is not None:
             reserved.close()
