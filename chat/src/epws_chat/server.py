@@ -10,6 +10,7 @@ connection with 1001 (going away) within a bounded time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -148,6 +149,15 @@ async def start_chat(
         sock=sock,
         reuse_port=reuse_port,
     )
+    if settings.socket_send_buffer:
+        # On the listening sockets: Linux copies a listener's SO_SNDBUF into each socket
+        # it accepts, so no connection pays a system call (or, on uvloop, a socket
+        # object kept by its transport) for it.
+        for listening in server.sockets:
+            with contextlib.suppress(OSError):
+                listening.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer
+                )
     pinger = asyncio.get_running_loop().create_task(keepalive(hub, settings))
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
