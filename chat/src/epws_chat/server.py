@@ -141,7 +141,7 @@ async def start_chat(
         make_handler(hub, settings, gate, auth, stats, expiry),
         host,
         None if sock is not None else port,
-        upgrader=make_upgrader(settings),
+        upgrader=make_upgrader(settings, stats),
         process_request=make_process_request(
             static_dir, gate, auth, stats, lambda: chat.not_ready()
         ),

@@ -29,8 +29,20 @@ __all__ = ["keepalive", "make_expiry", "make_handler", "make_upgrader"]
 logger = logging.getLogger("epws_chat")
 
 
-def make_upgrader(settings: Settings) -> epws.Upgrader:
-    """The upgrade as the Go original does it, with the chat's limits."""
+def make_upgrader(settings: Settings, stats: Counters | None = None) -> epws.Upgrader:
+    """The upgrade as the Go original does it, with the chat's limits.
+
+    The handshakes the library refuses by itself (a malformed request: 400, not an
+    upgrade: 426, another site's page: 403, ...) are counted in ``stats`` by their
+    status, like the ones the chat refuses (:mod:`epws_chat.routes`) and accepts.
+    """
+    on_refusal = None
+    if stats is not None:
+        count = stats.handshake
+
+        def on_refusal(error: epws.HandshakeError, request: epws.Request | None) -> None:
+            count(error.status)
+
     return epws.Upgrader(
         check_origin=None,  # the same-origin check, as gorilla's nil CheckOrigin
         subprotocols=[PROTOCOL],
@@ -40,6 +52,7 @@ def make_upgrader(settings: Settings) -> epws.Upgrader:
         # The chat keeps the seed's keepalive (keepalive below: an empty ping every
         # ping_period, a read deadline pong_wait ahead), not the library's.
         ping_interval=None,
+        on_refusal=on_refusal,
     )
 
 
