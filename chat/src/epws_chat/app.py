@@ -242,7 +242,6 @@ class Chat:
     hub: Hub
     settings: Settings
     scheme: str
-    pinger: asyncio.Task[None]
     gate: Gate
     log_filters: list[RateLimitedLog]
     expiry: ExpiryQueue
@@ -294,7 +293,6 @@ class Chat:
                 conn.abort()
 
         timer = loop.call_later(timeout, drop_all)
-        self.pinger.cancel()
         self.expiry.close()
         for log_filter, name in zip(self.log_filters, FLOODABLE, strict=False):
             logging.getLogger(name).removeFilter(log_filter)
@@ -381,9 +379,13 @@ async def start_chat(
         read_limit=settings.read_limit,
         close_timeout=settings.write_wait,
         compression=None,  # as the Go original: lines are short, CPU is the budget
-        # The chat keeps the seed's keepalive (_keepalive below: an empty ping every
-        # ping_period, a read deadline pong_wait ahead), not the library's.
-        ping_interval=None,
+        # The seed's keepalive on the library's: an empty ping every ping_period, and a
+        # client whose pong does not come within pong_wait - ping_period dropped, which
+        # is pong_wait after the last ping it answered (Go: a read deadline pong_wait
+        # ahead, pushed only by pongs, so pong_wait after the last pong).
+        ping_interval=settings.ping_period,
+        ping_timeout=settings.pong_wait - settings.ping_period,
+        ping_payload=b"",
     )
     server = await epws.serve(
         handler,
@@ -397,10 +399,11 @@ async def start_chat(
         sock=sock,
         reuse_port=reuse_port,
     )
-    pinger = asyncio.get_running_loop().create_task(_keepalive(hub, settings))
+    # Go's write deadline in a room that fell silent (no batch checks it there).
+    hub.sweep_every(settings.write_wait / 2)
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
-    chat = Chat(server, hub, settings, scheme, pinger, gate, filters, expiry, stats)
+    chat = Chat(server, hub, settings, scheme, gate, filters, expiry, stats)
     if ops_addr is not None:
         chat.ops = await serve_ops(make_routes(chat, api_key), *ops_addr)
     return chat
@@ -449,40 +452,6 @@ def make_routes(chat: Chat, api_key: str | None) -> Routes:
         ready=chat.not_ready,
         clean_room=clean_room,
     )
-
-
-async def _keepalive(hub: Hub, settings: Settings) -> None:
-    """Go's per-client ticker and write deadline, as one timer for every client.
-
-    Every ping period each client gets an empty ping (clients that joined since the
-    last one get theirs within a period, as in Go; the pong wait is longer either way).
-    Between pings, the hub's sweep drops clients whose outgoing data has waited longer
-    than ``write_wait`` (Go's write deadline), even in a room that fell silent.
-    """
-    loop = asyncio.get_running_loop()
-    step = min(settings.ping_period, settings.write_wait / 2)
-    next_ping = loop.time() + settings.ping_period
-    failures = 0
-    while True:
-        await asyncio.sleep(step)
-        # Supervised: an unexpected error is logged and the next round runs anyway.
-        # Without this one bug would stop every ping and sweep, silently, forever.
-        try:
-            hub.sweep()
-            if loop.time() < next_ping:
-                continue
-            next_ping += settings.ping_period
-            for client in list(hub.clients):
-                conn = client.conn
-                if not conn.closed:
-                    with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                        await conn.ping(b"")
-            failures = 0
-        except Exception:
-            failures += 1
-            logger.exception("keepalive round failed (%d in a row); going on", failures)
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + settings.ping_period
 
 
 def make_auth(args: argparse.Namespace) -> TokenAuth | None:
