@@ -35,7 +35,7 @@ import epws
 
 from .auth import Identity
 from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
-from .hub import DEFAULT_ROOM, Hub
+from .hub import DEFAULT_ROOM, Hub, error_line
 
 __all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normalize"]
 
@@ -255,7 +255,7 @@ class Client:
         conn.on_close = self._closed
         if self.structured:
             self.holding = []
-            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+            self._send_hello()
         self.hub.register(self)
         if self.structured:
             task = conn.loop.create_task(self._send_history(settings.history, after))
@@ -286,20 +286,17 @@ class Client:
                     stats.resumes["recovered" if page.complete else "incomplete"] += 1
                 if after is not None and not page.complete:
                     lines.append(
-                        json.dumps(
-                            {
-                                "type": "error",
-                                "text": "some messages may be missing: the history no "
-                                "longer holds everything after the last one shown",
-                                "missed": True,
-                            }
+                        error_line(
+                            "some messages may be missing: the history no longer holds "
+                            "everything after the last one shown",
+                            missed=True,
                         )
                     )
         except BrokerError as exc:
-            lines.append(_error_line(f"history unavailable: {exc}"))
+            lines.append(error_line(f"history unavailable: {exc}"))
         except Exception:
             logger.exception("%s: history failed", self)
-            lines.append(_error_line("history unavailable: internal error"))
+            lines.append(error_line("history unavailable: internal error"))
         finally:
             held = self.holding or []
             self.holding = None
@@ -316,6 +313,15 @@ class Client:
                 {"type": "presence", "room": self.room, "members": members}, ensure_ascii=False
             )
         )
+
+    def _send_hello(self) -> None:
+        """Tell a JSON client its room and the name it goes by: as it joins, and after
+        each rename (the page shows the name the server settled on)."""
+        self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+
+    def _send_error(self, text: str) -> None:
+        """Tell this client something went wrong, in its protocol's words."""
+        self._send_line(error_line(text) if self.structured else f"error: {text}")
 
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
@@ -386,7 +392,7 @@ class Client:
         if not self._told:
             self._told = True
             text = f"too many messages: at most {rate:g} per second; the excess is dropped"
-            self._send_line(_error_line(text) if self.structured else f"error: {text}")
+            self._send_error(text)
 
     def _command(self, line: str) -> str | None:
         """A JSON client's message: the text to broadcast, or None for a command."""
@@ -399,14 +405,14 @@ class Client:
         kind = command.get("type", "message")
         if kind == "name" and isinstance(command.get("name"), str):
             if self.identity is not None:
-                self._send_line(_error_line("your name comes from your token"))
+                self._send_line(error_line("your name comes from your token"))
                 return None
             self.hub.rename(self, clean_name(command["name"]))
-            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+            self._send_hello()
             return None
         if kind == "message" and isinstance(command.get("text"), str):
             return str(command["text"])
-        self._send_line(_error_line(f"unknown command {str(kind)[:40]!r}"))
+        self._send_line(error_line(f"unknown command {str(kind)[:40]!r}"))
         return None
 
     def publish_failed(self, error: BrokerError) -> None:
@@ -417,7 +423,7 @@ class Client:
         )
         logger.warning("%s: %s: %s", self, what, error)
         text = f"{what}: {error}"
-        self._send_line(_error_line(text) if self.structured else f"error: {text}")
+        self._send_error(text)
 
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
@@ -452,10 +458,6 @@ _CONNECTION_IDS = itertools.count(1)
 
 #: History loads in flight (a task only while a JSON client joins).
 _JOINING: set[asyncio.Task[None]] = set()
-
-
-def _error_line(text: str) -> str:
-    return json.dumps({"type": "error", "text": text})
 
 
 def accept(
