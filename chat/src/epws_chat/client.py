@@ -9,7 +9,7 @@ task of its own, which is what lets one process hold many thousands of connectio
   protocol callback, with no task and no queue per connection);
 * the **write pump** is the hub's batch flush (:meth:`Hub._flush`): once per loop
   iteration it writes everything pending for a room as ONE message, coalesced with
-  ``"\\n"``, to every member; pings go out from one ticker for all clients;
+  ``"\\n"``, to every member; pings are epws's keepalive (no timer per client);
 * the **send buffer** is the connection's outgoing buffer, bounded in bytes
   (``send_buffer x read_limit``); past it the client is evicted.
 
@@ -101,10 +101,14 @@ class Settings:
             bytes, ``send_buffer x read_limit``, in the client's outgoing buffer.
         read_limit: largest message accepted, in bytes; a larger one closes the
             connection with 1009 (Go: ``maxMessageSize``, 512).
-        pong_wait: seconds the read deadline lies ahead; only a pong pushes it
-            forward (Go: ``pongWait``, 60 s).
-        ping_period: seconds between pings; must be shorter than ``pong_wait`` so
-            the pong can arrive in time (Go: ``pingPeriod`` = pongWait * 9/10, 54 s).
+        pong_wait: seconds a client may stay without a pong before it is dropped;
+            only a pong counts (Go: ``pongWait``, 60 s, the read deadline that pongs
+            push forward). epws's keepalive does it: ``ping_timeout`` is
+            ``pong_wait - ping_period``, so a client is dropped ``pong_wait`` after the
+            last ping it answered (Go: after its last pong, one round trip later).
+        ping_period: seconds between the (empty) pings; must be shorter than
+            ``pong_wait`` so the pong can arrive in time (Go: ``pingPeriod`` =
+            pongWait * 9/10, 54 s).
         write_wait: seconds a client's outgoing data may stay unsent, and a close
             frame may wait for the peer's answer, before the connection is dropped
             (Go: ``writeWait``, 10 s, the deadline of every write).
@@ -246,8 +250,6 @@ class Client:
         conn.read_limit = settings.read_limit
         conn.on_message = self.read_pump
         conn.on_close = self._closed
-        conn.pong_handler = self._pong
-        conn.set_read_deadline(conn.loop.time() + settings.pong_wait)
         if self.speaks_json:
             self.held_for_history = []
             self._send_hello()
@@ -412,10 +414,6 @@ class Client:
         text = f"{what}: {error}"
         self._send_error(text)
 
-    def _pong(self, _payload: bytes) -> None:
-        conn = self.conn
-        conn.set_read_deadline(conn.loop.time() + self._settings.pong_wait)
-
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
         sends when its channel is closed, then TCP goes at once (a reset).
@@ -442,7 +440,9 @@ class Client:
         if not self._closed_by_hub and epws.is_unexpected_close(exc, 1001, 1006):
             level = logging.INFO if exc.code == 1000 else logging.WARNING
             logger.log(level, "%s closed the connection: %s", self, exc)
-        how = "read deadline exceeded" if "read deadline" in exc.cause else f"close code {exc.code}"
+        # epws's keepalive timing out is Go's read deadline (pongWait) passing.
+        timed_out = "keepalive ping timeout" in exc.cause
+        how = "read deadline exceeded" if timed_out else f"close code {exc.code}"
         logger.info("%s disconnected (%s)", self, how)
 
 
