@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from epws_chat.app import Chat, start_chat
-from epws_chat.broker import Broker
+from epws_chat.brokers import Broker
 
 T = TypeVar("T")
 

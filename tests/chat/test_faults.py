@@ -26,9 +26,9 @@ import pytest
 
 import epws
 from epws_chat.app import Chat, start_chat
-from epws_chat.broker import BrokerError, ChatMessage
+from epws_chat.brokers import BrokerError, ChatMessage
+from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL, Settings
-from epws_chat.redis_broker import RedisBroker
 
 from .redis_server import RedisServer, redis_server
 from .test_redis import Lines, take_messages, v1

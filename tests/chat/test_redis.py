@@ -19,9 +19,9 @@ import pytest
 
 import epws
 from epws_chat.app import start_chat
-from epws_chat.broker import BrokerError
+from epws_chat.brokers import BrokerError
+from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL
-from epws_chat.redis_broker import RedisBroker
 
 from .redis_server import RedisServer, redis_server
 from .test_cli import EPWS_CHAT, ChatProcess, chat_process, running_loop_name

@@ -44,7 +44,7 @@ from .auth import (
     mint,
     parse_duration,
 )
-from .broker import Broker, MemoryBroker, clean_text
+from .brokers import Broker, MemoryBroker, clean_text
 from .client import PROTOCOL, Client, Settings, accept, clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
@@ -107,7 +107,7 @@ def make_broker(spec: str, history: int, retention: float = 86400.0) -> Broker:
     if check_broker(spec) == "memory":
         return MemoryBroker(history, retention=retention)
     try:
-        from .redis_broker import RedisBroker
+        from .brokers.redis import RedisBroker
     except ImportError as exc:
         raise ValueError(
             f"--broker {spec!r} needs the redis package: pip install 'epws[redis]' ({exc})"

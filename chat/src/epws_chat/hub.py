@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import epws
 
-from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
 from .metrics import Counters
 
 if TYPE_CHECKING:
@@ -350,7 +350,7 @@ class Hub:
 def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
     """The batch as one frame; a line that cannot be encoded costs only itself.
 
-    Brokers and the read pump clean every text (:func:`~epws_chat.broker.clean_text`),
+    Brokers and the read pump clean every text (:func:`~epws_chat.brokers.clean_text`),
     so this is the last line of defence: one bad line must never lose the innocent
     lines of its batch, for any member.
     """
