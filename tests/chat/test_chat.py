@@ -8,8 +8,8 @@ import logging
 import pytest
 
 import epws
-from epws_chat.app import Chat
 from epws_chat.client import Client, Settings
+from epws_chat.server import Chat
 
 from .conftest import small_send_buffer_listener, ws_url
 from .rawws import CLOSE, PING, PONG, TEXT, RawClient, client_frame

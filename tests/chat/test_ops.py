@@ -13,9 +13,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 import epws
-from epws_chat.app import Chat
 from epws_chat.auth import TokenAuth
 from epws_chat.client import PROTOCOL, Settings
+from epws_chat.server import Chat
 
 from .test_http import http
 from .test_rooms import json_lines, url

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 import epws
-from epws_chat.app import start_chat
 from epws_chat.brokers import BrokerError
 from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL
+from epws_chat.server import start_chat
 
 from .redis_server import RedisServer, redis_server
 from .test_cli import EPWS_CHAT, ChatProcess, chat_process, running_loop_name

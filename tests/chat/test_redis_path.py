@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from epws_chat.app import Chat, start_chat
 from epws_chat.brokers import BrokerError, ChatMessage
 from epws_chat.brokers.redis import RedisBroker
+from epws_chat.server import Chat, start_chat
 
 from .redis_server import RedisServer, redis_server
 from .test_faults import broker_of, until_up, wait_for

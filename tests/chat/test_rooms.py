@@ -16,9 +16,9 @@ from urllib.parse import quote
 import pytest
 
 import epws
-from epws_chat.app import Chat
 from epws_chat.brokers import MemoryBroker, message_id_key
 from epws_chat.client import PROTOCOL, Settings
+from epws_chat.server import Chat
 
 from .conftest import ws_url
 

@@ -28,21 +28,19 @@ import contextlib
 import itertools
 import json
 import logging
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import epws
 
 from .auth import Identity
 from .brokers import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
-from .hub import DEFAULT_ROOM, Hub
+from .hub import DEFAULT_ROOM, Hub, error_line
+from .limits import TokenBucket
 
 __all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normalize"]
 
 logger = logging.getLogger("epws_chat.client")
-
-#: When a token bucket was last counted before any message: the first finds it full.
-_NEVER = float("-inf")
 
 #: The subprotocol of JSON clients (the shipped page).
 PROTOCOL = "epws.chat.v1"
@@ -173,16 +171,14 @@ class Client:
     """
 
     __slots__ = (
+        "_bucket",
         "_by_us",
+        "_release",
         "_settings",
-        "_stamp",
-        "_strikes",
-        "_tokens",
-        "_told",
+        "address",
         "backlog_since",
         "cid",
         "conn",
-        "dropped",
         "holding",
         "hub",
         "identity",
@@ -203,6 +199,8 @@ class Client:
         name: str = "",
         identity: Identity | None = None,
         watches: bool = False,
+        address: str | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         self.hub = hub
         self.identity = identity
@@ -218,16 +216,14 @@ class Client:
         self.backlog_since: float | None = None
         self._settings = settings  # shared by every client: nothing copied per client
         self._by_us = False
-        # The token bucket (see Settings.rate): tokens, when they were counted, the
-        # decaying count of dropped messages, and whether the sender was told. Counted
-        # "never" at first, so the first message finds the bucket full; shared
-        # constants until then, so an idle client allocates nothing for it.
-        self._tokens = 0.0
-        self._stamp = _NEVER
-        self._strikes = 0.0
-        self._told = False
-        #: Messages of this client dropped by the rate limit.
-        self.dropped = 0
+        # The rate limit (see Settings.rate), made at the first message: most clients
+        # of a chat are idle, and an idle one carries none of it.
+        self._bucket: TokenBucket | None = None
+        #: The client's address as the gate counted it (None: not counted), and the
+        #: gate's release, shared by every client: freed once, as the client goes,
+        #: with no closure per connection.
+        self.address = address
+        self._release = release
         address = conn.remote_address
         if isinstance(address, tuple) and len(address) >= 2:
             host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
@@ -253,7 +249,7 @@ class Client:
         conn.set_read_deadline(conn.loop.time() + settings.pong_wait)
         if self.structured:
             self.holding = []
-            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+            self._send_hello()
         self.hub.register(self)
         if self.structured:
             task = conn.loop.create_task(self._send_history(settings.history, after))
@@ -284,20 +280,17 @@ class Client:
                     stats.resumes["recovered" if page.complete else "incomplete"] += 1
                 if after is not None and not page.complete:
                     lines.append(
-                        json.dumps(
-                            {
-                                "type": "error",
-                                "text": "some messages may be missing: the history no "
-                                "longer holds everything after the last one shown",
-                                "missed": True,
-                            }
+                        error_line(
+                            "some messages may be missing: the history no longer holds "
+                            "everything after the last one shown",
+                            missed=True,
                         )
                     )
         except BrokerError as exc:
-            lines.append(_error_line(f"history unavailable: {exc}"))
+            lines.append(error_line(f"history unavailable: {exc}"))
         except Exception:
             logger.exception("%s: history failed", self)
-            lines.append(_error_line("history unavailable: internal error"))
+            lines.append(error_line("history unavailable: internal error"))
         finally:
             held = self.holding or []
             self.holding = None
@@ -314,6 +307,15 @@ class Client:
                 {"type": "presence", "room": self.room, "members": members}, ensure_ascii=False
             )
         )
+
+    def _send_hello(self) -> None:
+        """Tell a JSON client its room and the name it goes by: as it joins, and after
+        each rename (the page shows the name the server settled on)."""
+        self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+
+    def _send_error(self, text: str) -> None:
+        """Tell this client something went wrong, in its protocol's words."""
+        self._send_line(error_line(text) if self.structured else f"error: {text}")
 
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
@@ -340,19 +342,13 @@ class Client:
         settings = self._settings
         rate = settings.rate
         if rate:
-            burst = settings.burst
-            limit = settings.abuse_limit
             now = self.conn.loop.time()
-            elapsed = now - self._stamp
-            self._stamp = now
-            tokens = min(burst, self._tokens + elapsed * rate)
-            if tokens < 1.0:
-                self._tokens = tokens
-                self._over_rate(elapsed, rate, limit)
+            bucket = self._bucket
+            if bucket is None:
+                bucket = self._bucket = TokenBucket(now, settings.burst)
+            if not bucket.take(now, rate, settings.burst):
+                self._over_rate(bucket, rate, settings.abuse_limit)
                 return
-            self._tokens = tokens - 1.0
-            self._strikes = max(0.0, self._strikes - elapsed * rate)
-            self._told = False
         if not isinstance(message, str):
             # Go broadcasts the bytes of binary messages as text; decoding keeps the
             # outgoing text frame valid UTF-8.
@@ -366,25 +362,23 @@ class Client:
             clean_text(normalize(message)), room=self.room, name=self.name, sender=self
         )
 
-    def _over_rate(self, elapsed: float, rate: float, limit: float) -> None:
+    def _over_rate(self, bucket: TokenBucket, rate: float, limit: float) -> None:
         """A message over the rate limit: dropped; the sender told once per episode;
         closed with 1008 when the drops keep coming faster than they decay."""
-        self.dropped += 1
         stats = self.hub.stats
         if stats is not None:
             stats.rate_limited += 1
-        self._strikes = max(0.0, self._strikes - elapsed * rate) + 1.0
-        if self._strikes > limit:
-            logger.warning("%s: closed for flooding (%d messages dropped)", self, self.dropped)
+        if bucket.strikes > limit:
+            logger.warning("%s: closed for flooding (%d messages dropped)", self, bucket.dropped)
             if stats is not None:
                 stats.evicted("flood")
             self.hub.unregister(self)
             self.conn.close_nowait(1008, "rate limit exceeded")
             return
-        if not self._told:
-            self._told = True
+        if not bucket.told:
+            bucket.told = True
             text = f"too many messages: at most {rate:g} per second; the excess is dropped"
-            self._send_line(_error_line(text) if self.structured else f"error: {text}")
+            self._send_error(text)
 
     def _command(self, line: str) -> str | None:
         """A JSON client's message: the text to broadcast, or None for a command."""
@@ -397,14 +391,14 @@ class Client:
         kind = command.get("type", "message")
         if kind == "name" and isinstance(command.get("name"), str):
             if self.identity is not None:
-                self._send_line(_error_line("your name comes from your token"))
+                self._send_line(error_line("your name comes from your token"))
                 return None
             self.hub.rename(self, clean_name(command["name"]))
-            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+            self._send_hello()
             return None
         if kind == "message" and isinstance(command.get("text"), str):
             return str(command["text"])
-        self._send_line(_error_line(f"unknown command {str(kind)[:40]!r}"))
+        self._send_line(error_line(f"unknown command {str(kind)[:40]!r}"))
         return None
 
     def publish_failed(self, error: BrokerError) -> None:
@@ -415,7 +409,7 @@ class Client:
         )
         logger.warning("%s: %s: %s", self, what, error)
         text = f"{what}: {error}"
-        self._send_line(_error_line(text) if self.structured else f"error: {text}")
+        self._send_error(text)
 
     def _pong(self, _payload: bytes) -> None:
         conn = self.conn
@@ -437,6 +431,10 @@ class Client:
 
     def _closed(self, exc: epws.ConnectionClosed) -> None:
         self.hub.unregister(self)
+        address = self.address
+        if address is not None and self._release is not None:
+            self.address = None
+            self._release(address)
         # As Go's IsUnexpectedCloseError(err, GoingAway, AbnormalClosure): a close
         # frame the peer sent with any code but 1001 is worth a line. A close that
         # answers our own (eviction) is not the peer's doing.
@@ -454,17 +452,20 @@ _CONNECTION_IDS = itertools.count(1)
 _JOINING: set[asyncio.Task[None]] = set()
 
 
-def _error_line(text: str) -> str:
-    return json.dumps({"type": "error", "text": text})
-
-
 def accept(
-    hub: Hub, settings: Settings, conn: epws.Conn, identity: Identity | None = None
+    hub: Hub,
+    settings: Settings,
+    conn: epws.Conn,
+    identity: Identity | None = None,
+    *,
+    address: str | None = None,
+    release: Callable[[str], None] | None = None,
 ) -> Client | None:
     """The server's handler (callback mode): make the Client and start it; no task.
 
     With an ``identity`` (a checked token) its ``sub`` is the name; else the
     ``?name=`` the page sends. None when the request names no valid room.
+    ``release(address)`` is called once, as the client goes (the gate's count).
     """
     request = conn.request
     query = request.query if request is not None else {}
@@ -483,13 +484,18 @@ def accept(
             message_id_key(after)  # the brokers' own parser: what passes, Redis takes
         except ValueError:
             after = None
-    if settings.socket_send_buffer:
-        sock = conn.transport.get_extra_info("socket") if conn.transport else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
     watches = (query.get("presence") or [""])[0] in ("1", "true")
-    client = Client(hub, conn, settings, room=room, name=name, identity=identity, watches=watches)
+    client = Client(
+        hub,
+        conn,
+        settings,
+        room=room,
+        name=name,
+        identity=identity,
+        watches=watches,
+        address=address,
+        release=release,
+    )
     logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
     client.start(settings, after=after)
     return client

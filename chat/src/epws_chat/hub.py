@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ from .metrics import Counters
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["DEFAULT_ROOM", "Hub", "Room"]
+__all__ = ["DEFAULT_ROOM", "Hub", "Room", "error_line"]
 
 logger = logging.getLogger("epws_chat.hub")
 
@@ -253,10 +254,7 @@ class Hub:
         if room is None:
             return
         text = "some messages may be missing: the broker lost messages while it was away"
-        structured = epws.PreparedMessage(
-            epws.MessageType.TEXT,
-            json.dumps({"type": "error", "text": text, "missed": True}),
-        )
+        structured = epws.PreparedMessage(epws.MessageType.TEXT, error_line(text, missed=True))
         plain = epws.PreparedMessage(epws.MessageType.TEXT, f"error: {text}")
         for client in room.members:
             with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
@@ -282,10 +280,7 @@ class Hub:
             conn = client.conn
             buffered = conn.buffered_amount
             if buffered:
-                since = client.backlog_since
-                if since is None:
-                    client.backlog_since = since = now
-                if buffered > limit or since < oldest:
+                if _stuck(client, buffered, now, oldest, limit):
                     if stuck is None:
                         stuck = []
                     stuck.append(client)
@@ -333,11 +328,9 @@ class Hub:
         oldest = now - self.write_wait
         stuck: list[Client] = []
         for client in self.clients:
-            if client.conn.buffered_amount:
-                since = client.backlog_since
-                if since is None:
-                    client.backlog_since = now
-                elif since < oldest:
+            buffered = client.conn.buffered_amount
+            if buffered:
+                if _stuck(client, buffered, now, oldest, math.inf):
                     stuck.append(client)
             else:
                 client.backlog_since = None
@@ -345,6 +338,29 @@ class Hub:
             logger.info("evicted %s: nothing sent for %.3g s", client, self.write_wait)
             self.evict(client, "write_wait")
         return len(stuck)
+
+
+def _stuck(client: Client, buffered: int, now: float, oldest: float, limit: float) -> bool:
+    """The backlog rule, for a client with ``buffered`` bytes (not 0) waiting to be sent:
+    stuck when they exceed ``limit`` or the buffer has not once been empty since before
+    ``oldest`` (Go's write deadline). Starts the client's backlog clock at ``now`` if it
+    is not running; whoever sees the buffer empty stops it (``backlog_since = None``).
+
+    Called only for a client with a backlog, so the fan-out loop pays no call for the
+    usual member, whose buffer is empty.
+    """
+    since = client.backlog_since
+    if since is None:
+        client.backlog_since = since = now
+    return buffered > limit or since < oldest
+
+
+def error_line(text: str, *, missed: bool = False) -> str:
+    """An ``epws.chat.v1`` error line; ``missed``: messages may be lost (the page then
+    tells the user that the conversation has a hole)."""
+    if missed:
+        return json.dumps({"type": "error", "text": text, "missed": True})
+    return json.dumps({"type": "error", "text": text})
 
 
 def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
