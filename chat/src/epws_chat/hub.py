@@ -98,7 +98,7 @@ class Hub:
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver, self.gap)
+        await self.broker.start(self.deliver, self.gap, stats=self.stats)
 
     async def close(self) -> None:
         await self.broker.close()

@@ -11,7 +11,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..metrics import Counters
 
 __all__ = [
     "BadEntry",
@@ -156,11 +159,15 @@ class Broker(Protocol):
     #: True when several processes can share the broker (``--workers`` needs it).
     shared: bool
 
-    async def start(self, deliver: Deliver, gap: Gap | None = None) -> None:
+    async def start(
+        self, deliver: Deliver, gap: Gap | None = None, *, stats: Counters | None = None
+    ) -> None:
         """Connect; from now on messages of subscribed rooms go to ``deliver``.
 
         ``gap(room)`` (optional): the broker lost the room's live messages for a
         while (a lost connection) and cannot prove it recovered all of them.
+        ``stats`` (optional): where the broker counts its figures (publish latency,
+        reconnections); the broker is their only writer.
         """
         ...
 

@@ -29,6 +29,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
@@ -36,6 +37,9 @@ from redis.exceptions import RedisError
 
 from .base import BrokerError
 from .subscriptions import Subscriptions
+
+if TYPE_CHECKING:
+    from ..metrics import Counters
 
 __all__ = ["Listener", "describe", "redact"]
 
@@ -78,7 +82,7 @@ class Listener:
         up: True while Redis is reachable and the subscriptions are in place.
         down_reason: why it is not (what senders are told).
         reconnects: times the connection came back after a loss.
-        on_reconnect: called after each reconnection (the broker's metrics).
+        stats: where reconnections are counted too (None: nowhere).
     """
 
     def __init__(
@@ -103,7 +107,7 @@ class Listener:
         self.up = False
         self.down_reason = "not connected to Redis yet"
         self.reconnects = 0
-        self.on_reconnect: Callable[[], None] | None = None
+        self.stats: Counters | None = None
         self.closed = False
         self._up_event: asyncio.Event | None = None
         self._first_attempt: asyncio.Event | None = None
@@ -284,8 +288,8 @@ class Listener:
                 recovered,
             )
             self.reconnects += 1
-            if self.on_reconnect is not None:
-                self.on_reconnect()
+            if self.stats is not None:
+                self.stats.broker_reconnects += 1
         else:
             logger.info("redis broker: connected to %s", self.shown_url)
         self._ever_up = True

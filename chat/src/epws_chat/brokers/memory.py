@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import collections
 import time
+from typing import TYPE_CHECKING
 
 from .base import BrokerError, ChatMessage, Deliver, Gap, OnError, Page, clean_text, message_id_key
+
+if TYPE_CHECKING:
+    from ..metrics import Counters
 
 __all__ = ["MemoryBroker"]
 
@@ -57,7 +61,10 @@ class MemoryBroker:
         self._deliver: Deliver | None = None
         self._last = (0, 0)
 
-    async def start(self, deliver: Deliver, gap: Gap | None = None) -> None:
+    async def start(
+        self, deliver: Deliver, gap: Gap | None = None, *, stats: Counters | None = None
+    ) -> None:
+        """Delivery is a function call: no connection, and nothing to time or count."""
         self._deliver = deliver
 
     async def close(self) -> None:

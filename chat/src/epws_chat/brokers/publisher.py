@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, TimeoutError as RedisTimeoutError
@@ -32,6 +32,9 @@ from .base import BrokerError, BrokerUnsure, OnError
 from .listener import Listener, describe
 from .subscriptions import RoomRecord, Subscriptions
 from .wire import PUBLISH_SCRIPT, Keys, encode_body
+
+if TYPE_CHECKING:
+    from ..metrics import Counters
 
 __all__ = ["MAX_BATCH", "Pending", "Publisher"]
 
@@ -55,6 +58,10 @@ class Publisher:
         history: the streams' MAXLEN (exact below 100, approximate above).
         retention: seconds a stream lives after its last message (0: forever).
         timeout: seconds a message may wait for its room to become live.
+
+    Attributes:
+        stats: where the latency of each confirmed message is observed, from
+            :meth:`publish` to Redis's answer (None: not timed).
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class Publisher:
         self._queue: list[Pending] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.stats: Counters | None = None
         subscriptions.on_ready = self.release
 
     async def load_script(self) -> None:
@@ -174,9 +182,14 @@ class Publisher:
                     for _, _, on_error, _ in batch:
                         on_error(error)
                     continue
-                for (_, _, on_error, _), result in zip(batch, results, strict=True):
+                stats = self.stats
+                latency = stats.publish_latency if stats is not None else None
+                now = asyncio.get_running_loop().time()
+                for (_, _, on_error, queued), result in zip(batch, results, strict=True):
                     if isinstance(result, Exception):
                         on_error(BrokerError(f"Redis refused the message ({result})"))
+                    elif latency is not None:
+                        latency.observe(now - queued)
         finally:
             self._task = None
 

@@ -14,7 +14,7 @@ history; only this package knows it is Redis.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -26,6 +26,9 @@ from .listener import Listener, describe, redact
 from .publisher import Publisher
 from .subscriptions import Subscriptions
 from .wire import Keys, decode_stream, is_complete
+
+if TYPE_CHECKING:
+    from ..metrics import Counters
 
 __all__ = ["RedisBroker"]
 
@@ -138,16 +141,21 @@ class RedisBroker:
 
     # ------------------------------------------------------------- lifecycle
 
-    async def start(self, deliver: Deliver, gap: Gap | None = None) -> None:
+    async def start(
+        self, deliver: Deliver, gap: Gap | None = None, *, stats: Counters | None = None
+    ) -> None:
         """Start the listener; wait (at most ``timeout``) for the first connection.
 
         Redis being down at start is not fatal: the chat serves its local clients
         and the listener keeps trying, as after any loss of the connection.
         ``gap(room)`` is called when, after a reconnection, a room's stream cannot
-        prove that every message missed meanwhile was recovered.
+        prove that every message missed meanwhile was recovered. ``stats`` gets
+        the publish latency (from :meth:`publish` to Redis's answer, per message)
+        and the reconnections.
         """
         self._subscriptions.deliver = deliver
         self._subscriptions.gap = gap
+        self._publisher.stats = self._listener.stats = stats
         await self._listener.start()
 
     async def _prepare(self) -> None:
