@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import epws
 
 from .auth import Identity
-from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
+from .brokers import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
 from .hub import DEFAULT_ROOM, Hub, error_line
 from .limits import TokenBucket
 

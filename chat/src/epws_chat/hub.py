@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import epws
 
-from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
 from .metrics import Counters
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Hub:
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver, self.gap)
+        await self.broker.start(self.deliver, self.gap, stats=self.stats)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -398,7 +398,7 @@ def error_line(text: str, *, missed: bool = False) -> str:
 def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
     """The batch as one frame; a line that cannot be encoded costs only itself.
 
-    Brokers and the read pump clean every text (:func:`~epws_chat.broker.clean_text`),
+    Brokers and the read pump clean every text (:func:`~epws_chat.brokers.clean_text`),
     so this is the last line of defence: one bad line must never lose the innocent
     lines of its batch, for any member.
     """

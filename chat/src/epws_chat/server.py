@@ -22,7 +22,7 @@ from typing import Any
 import epws
 
 from .auth import ExpiryQueue, TokenAuth
-from .broker import Broker, clean_text
+from .brokers import Broker, clean_text
 from .client import Settings, clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
