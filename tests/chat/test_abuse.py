@@ -260,3 +260,32 @@ async def test_a_stuck_client_holds_a_bounded_kernel_buffer(start) -> None:
         await asyncio.wait_for(client.conn.wait_closed(), 1.0)  # and released at once
     finally:
         stuck.close()
+
+
+async def test_an_idle_client_carries_no_rate_state_and_no_closure_of_its_own(start) -> None:
+    # Memory per idle connection (issue 9/15): the token bucket is made at the first
+    # message, the gate is released by the Client itself (no closure per connection),
+    # and the send buffer comes from the listener, not a call per connection.
+    chat = await start(Settings(rate=5, burst=2))
+    raw = await RawClient.connect(chat.port)
+    try:
+        client = find_client(chat, raw)
+        assert client._bucket is None
+        assert client.conn.on_close == client._closed
+        assert chat.gate.total == 1 and client.address is not None
+        async with epws.connect(ws_url(chat)) as talker:
+            talker_client = next(c for c in chat.hub.clients if c is not client)
+            for _ in range(4):
+                await talker.send("hi")
+            await collect_lines(talker, 2)
+            bucket = talker_client._bucket
+            assert bucket is not None and bucket.dropped >= 1
+            assert chat.gate.total == 2
+        async with asyncio.timeout(5):
+            while chat.gate.total != 1:
+                await asyncio.sleep(0.01)
+    finally:
+        raw.close()
+    async with asyncio.timeout(5):
+        while chat.gate.total or chat.gate.by_address:
+            await asyncio.sleep(0.01)

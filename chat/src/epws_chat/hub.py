@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import epws
 
-from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
 from .metrics import Counters
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Hub:
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver, self.gap)
+        await self.broker.start(self.deliver, self.gap, stats=self.stats)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -267,11 +267,11 @@ class Hub:
         if room is None:
             return
         text = "some messages may be missing: the broker lost messages while it was away"
-        structured = epws.PreparedMessage(epws.MessageType.TEXT, error_line(text, missed=True))
+        as_json = epws.PreparedMessage(epws.MessageType.TEXT, error_line(text, missed=True))
         plain = epws.PreparedMessage(epws.MessageType.TEXT, f"error: {text}")
         for client in room.members:
             with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                client.conn.write_prepared_nowait(structured if client.structured else plain)
+                client.conn.write_prepared_nowait(as_json if client.speaks_json else plain)
 
     def _flush(self, room: Room) -> None:
         """Write the room's batch: encoded once per protocol, the same bytes to all."""
@@ -280,15 +280,15 @@ class Hub:
         if not batch:
             return
         plain: epws.PreparedMessage | None = None
-        structured: epws.PreparedMessage | None = None
+        as_json: epws.PreparedMessage | None = None
         limit = self.send_limit
         stuck: list[Client] | None = None
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
-        sent_plain = sent_structured = 0
+        sent_plain = sent_json = 0
         for client in room.members:
-            if client.holding is not None:
-                client.holding.extend(batch)  # history still loading: keep the order
+            if client.held_for_history is not None:
+                client.held_for_history.extend(batch)  # history still loading: keep the order
                 continue
             conn = client.conn
             buffered = conn.buffered_amount
@@ -300,11 +300,11 @@ class Hub:
                     continue
             elif client.backlog_since is not None:
                 client.backlog_since = None
-            if client.structured:
-                if structured is None:
-                    structured = _prepare([m.json() for m in batch], room.name)
-                message = structured
-                sent_structured += 1
+            if client.speaks_json:
+                if as_json is None:
+                    as_json = _prepare([m.json() for m in batch], room.name)
+                message = as_json
+                sent_json += 1
             else:
                 if plain is None:
                     plain = _prepare([m.text for m in batch], room.name)
@@ -318,13 +318,13 @@ class Hub:
                 pass  # closing: its on_close unregisters it
         stats = self.stats
         if stats is not None:  # once per batch, never per recipient
-            sent = sent_plain + sent_structured
+            sent = sent_plain + sent_json
             stats.frames_out += sent
             stats.messages_out += sent * len(batch)
             if plain is not None:
                 stats.bytes_out += sent_plain * len(plain.data)
-            if structured is not None:
-                stats.bytes_out += sent_structured * len(structured.data)
+            if as_json is not None:
+                stats.bytes_out += sent_json * len(as_json.data)
         if stuck is not None:
             for client in stuck:
                 logger.info("evicted %s: send buffer full", client)
@@ -398,7 +398,7 @@ def error_line(text: str, *, missed: bool = False) -> str:
 def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
     """The batch as one frame; a line that cannot be encoded costs only itself.
 
-    Brokers and the read pump clean every text (:func:`~epws_chat.broker.clean_text`),
+    Brokers and the read pump clean every text (:func:`~epws_chat.brokers.clean_text`),
     so this is the last line of defence: one bad line must never lose the innocent
     lines of its batch, for any member.
     """

@@ -10,6 +10,7 @@ connection with 1001 (going away) within a bounded time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 import epws
 
 from .auth import ExpiryQueue, TokenAuth
-from .broker import Broker, clean_text
+from .brokers import Broker, clean_text
 from .client import Settings, clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
@@ -138,7 +139,7 @@ async def start_chat(
         make_handler(hub, settings, gate, auth, stats, expiry),
         host,
         None if sock is not None else port,
-        upgrader=make_upgrader(settings),
+        upgrader=make_upgrader(settings, stats),
         process_request=make_process_request(
             static_dir, gate, auth, stats, lambda: chat.not_ready()
         ),
@@ -146,6 +147,15 @@ async def start_chat(
         sock=sock,
         reuse_port=reuse_port,
     )
+    if settings.socket_send_buffer:
+        # On the listening sockets: Linux copies a listener's SO_SNDBUF into each socket
+        # it accepts, so no connection pays a system call (or, on uvloop, a socket
+        # object kept by its transport) for it.
+        for listening in server.sockets:
+            with contextlib.suppress(OSError):
+                listening.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer
+                )
     # Go's write deadline in a room that fell silent (no batch checks it there).
     hub.sweep_every(settings.write_wait / 2)
     filters = install_log_limits(log_rate) if log_rate > 0 else []

@@ -28,8 +28,20 @@ __all__ = ["make_expiry", "make_handler", "make_upgrader"]
 logger = logging.getLogger("epws_chat")
 
 
-def make_upgrader(settings: Settings) -> epws.Upgrader:
-    """The upgrade as the Go original does it, with the chat's limits."""
+def make_upgrader(settings: Settings, stats: Counters | None = None) -> epws.Upgrader:
+    """The upgrade as the Go original does it, with the chat's limits.
+
+    The handshakes the library refuses by itself (a malformed request: 400, not an
+    upgrade: 426, another site's page: 403, ...) are counted in ``stats`` by their
+    status, like the ones the chat refuses (:mod:`epws_chat.routes`) and accepts.
+    """
+    on_refusal = None
+    if stats is not None:
+        count = stats.handshake
+
+        def on_refusal(error: epws.HandshakeError, request: epws.Request | None) -> None:
+            count(error.status)
+
     return epws.Upgrader(
         check_origin=None,  # the same-origin check, as gorilla's nil CheckOrigin
         subprotocols=[PROTOCOL],
@@ -43,6 +55,7 @@ def make_upgrader(settings: Settings) -> epws.Upgrader:
         ping_interval=settings.ping_period,
         ping_timeout=settings.pong_wait - settings.ping_period,
         ping_payload=b"",
+        on_refusal=on_refusal,
     )
 
 
@@ -70,6 +83,10 @@ def make_handler(
 ) -> Callable[[epws.Conn], None]:
     """The handler of every upgraded connection (``epws.serve``'s first argument)."""
 
+    # One bound method for every client: the Client calls it as it goes, so that a
+    # connection costs no closure of its own (about 200 bytes each).
+    release = gate.release
+
     def handler(conn: epws.Conn) -> None:
         identity: Identity | None = None
         if auth is not None:
@@ -87,16 +104,10 @@ def make_handler(
                 stats.evicted("address_cap")
             conn.close_nowait(1013, "too many connections; try again later")
             return
-        client = accept(hub, settings, conn, identity)
-        if client is not None and identity is not None and identity.expires is not None:
+        client = accept(hub, settings, conn, identity, address=address, release=release)
+        if client is None:
+            release(address)  # refused (a bad room): it is closing, and counts no more
+        elif identity is not None and identity.expires is not None:
             expiry.add(client, identity.expires)
-        on_close = conn.on_close
-
-        def closed(exc: epws.ConnectionClosed) -> None:
-            gate.release(address)
-            if on_close is not None:
-                on_close(exc)
-
-        conn.on_close = closed
 
     return handler

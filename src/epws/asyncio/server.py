@@ -122,6 +122,15 @@ class Upgrader:
         extra_headers: headers added to the 101 response.
         compression: permessage-deflate settings (:class:`~epws.PerMessageDeflate`;
             on by default, as in browsers), or None to decline every offer.
+        on_refusal: called as ``on_refusal(error, request)`` for each request the
+            server refuses by itself, just before the error response is written:
+            one it cannot parse or that is over a bound (400, 414, 431; ``request``
+            is then None), one that is not an upgrade or asks for another version
+            (426), a bad key (400), a cross-origin one (403). ``error.status`` is the
+            status sent. For metrics and logs: without it an application sees only
+            the handshakes it answers itself (``process_request``) and the ones
+            that succeed (the handler). An exception it raises is logged; the
+            refusal is sent anyway.
     """
 
     check_origin: Callable[[Request], bool] | Sequence[str] | None = None
@@ -139,6 +148,7 @@ class Upgrader:
     max_header_bytes: int = 65536
     extra_headers: Sequence[tuple[str, str]] = ()
     compression: Any = field(default_factory=PerMessageDeflate)
+    on_refusal: Callable[[HandshakeError, Request | None], None] | None = None
 
     def __post_init__(self) -> None:
         # A bad keepalive value fails here, at serve(), not at the first handshake.
@@ -670,9 +680,15 @@ class _HTTPProtocol(asyncio.Protocol):
         transport.write(response.serialize(head_only=request.method == "HEAD"))
         transport.close()
 
-    def _refuse(self, exc: HandshakeError) -> None:
+    def _refuse(self, exc: HandshakeError, request: Request | None = None) -> None:
         logger.info("refused WebSocket handshake: %s (%d)", exc, exc.status)
         self._done()
+        on_refusal = self._server.upgrader.on_refusal
+        if on_refusal is not None:
+            try:
+                on_refusal(exc, request)
+            except Exception:
+                logger.exception("on_refusal failed")
         transport = self._transport
         assert transport is not None
         body = (str(exc) + "\n").encode()
@@ -688,7 +704,7 @@ class _HTTPProtocol(asyncio.Protocol):
             self.shut_down()
             return
         if not is_upgrade_request(request):
-            self._refuse(upgrade_required("this resource only speaks WebSocket"))
+            self._refuse(upgrade_required("this resource only speaks WebSocket"), request)
             return
         up = server.upgrader
         hook = server.process_response
@@ -698,7 +714,7 @@ class _HTTPProtocol(asyncio.Protocol):
             else:
                 fields, proto, subprotocol = up._negotiate(request)
         except HandshakeError as exc:
-            self._refuse(exc)
+            self._refuse(exc, request)
             return
         if hook is None:
             self._switch(request, rest, head, proto, subprotocol)
