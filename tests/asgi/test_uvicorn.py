@@ -23,6 +23,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 
 import epws
 from epws.asgi import WebSocketProtocol
+from epws.asyncio.keepalive import KEEPALIVE_PAYLOAD
 from tests.asyncio.wsraw import close_frame, frame, read_http_head, request_bytes
 
 from .apps import fastapi_app, raw_app, starlette_app
@@ -572,13 +573,17 @@ async def test_keepalive_closes_a_client_that_never_answers_pings() -> None:
         assert status == 101
         loop = asyncio.get_running_loop()
         started = loop.time()
-        opcode, _, _ = await read_server_frame(reader)
-        assert opcode == 9  # a ping, which this client never answers
+        opcode, _, payload = await read_server_frame(reader)
+        # A ping, which this client never answers: the library's keepalive's (its
+        # payload), not a timer of the ASGI layer's own.
+        assert (opcode, payload) == (9, KEEPALIVE_PAYLOAD)
         opcode, _, payload = await read_server_frame(reader)
         assert opcode == 8 and struct.unpack("!H", payload[:2])[0] == 1011
+        # TCP goes at once, without waiting for a close frame this client never sends.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
         assert loop.time() - started < 5
-        writer.write(close_frame(1011))
         await seen.wait_for(lambda: seen.finished == 1)
+        assert seen.disconnects == [(1011, "keepalive ping timeout")]
         writer.close()
 
 
