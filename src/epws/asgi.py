@@ -432,15 +432,16 @@ class WebSocketProtocol(asyncio.Protocol):
                     data = text
                 elif not isinstance(data, (bytes, bytearray, memoryview)):
                     raise TypeError(f"websocket.send 'bytes' must be bytes, got {type(data)}")
+                # The Conn's corking applies: the frames an app sends in one step of its
+                # task leave in one write when the task next waits (or sooner, once
+                # they pass the write limit). An echo of queued messages or a broadcast
+                # of queued lines then costs a system call per connection per step,
+                # not per frame (the ASGI spec asks a flush per send of HTTP bodies
+                # only; an app that blocks the loop delays its own frames either way).
                 try:
                     await conn.send(data)
                 except ConnectionClosed as exc:
                     raise ClientDisconnected(str(exc)) from exc
-                # The Conn corks frames until the loop's next iteration. An ASGI app
-                # sends from a task that may run long without yielding (a broadcast
-                # loop over every connection, for every queued line): corked, nothing
-                # would leave before that whole step ends. Out at once instead.
-                conn._flush()
                 return
             if kind == "websocket.close":
                 if conn.closed:
