@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 import epws
 from epws_chat.auth import TokenAuth
+from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL, Settings
-from epws_chat.server import Chat
+from epws_chat.server import Chat, start_chat
 
+from .redis_server import RedisServer
 from .test_http import http
 from .test_rooms import json_lines, url
 
@@ -225,3 +228,46 @@ async def test_json_logs_carry_the_connection_id() -> None:
     assert all(isinstance(line["conn"], int) for line in about)
     assert len({line["conn"] for line in about}) == 2
     assert {line["level"] for line in lines} <= {"INFO", "WARNING"}
+
+
+def scrape(raw: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(raw.decode())
+        for s in family.samples
+    }
+
+
+async def test_broker_publish_latency_and_reconnects_are_counted(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    broker = RedisBroker(server.url, timeout=1.0, backoff=(0.05, 0.2), health_interval=1.0)
+    chat = await start_chat(None, "127.0.0.1", 0, broker=broker, ops_addr=("127.0.0.1", 0))
+    try:
+        await broker.wait_connected()
+        conn = await epws.connect(url(chat, room="dev", name="m"), subprotocols=[PROTOCOL])
+        await json_lines(conn, 1)
+        await asyncio.sleep(0.05)
+        for i in range(5):
+            await conn.send(f"m{i}")
+        await json_lines(conn, 5)
+        _, _, raw = await http(chat.ops_port, "GET /metrics HTTP/1.1\nHost: x\n\n")
+        samples = scrape(raw)
+        # Before: defined but never fed (count 0, sum 0, reconnects 0 after an outage).
+        assert samples[("epws_chat_broker_publish_seconds_count", ())] == 5
+        assert samples[("epws_chat_broker_publish_seconds_bucket", (("le", "+Inf"),))] == 5
+        assert 0 < samples[("epws_chat_broker_publish_seconds_sum", ())] < 5
+        assert samples[("epws_chat_broker_reconnects_total", ())] == 0
+        server.kill()
+        async with asyncio.timeout(10):
+            while broker.connected:
+                await asyncio.sleep(0.02)
+        server.start()
+        async with asyncio.timeout(10):
+            await broker.wait_connected()
+        _, _, raw = await http(chat.ops_port, "GET /metrics HTTP/1.1\nHost: x\n\n")
+        assert scrape(raw)[("epws_chat_broker_reconnects_total", ())] == 1
+        await conn.close()
+    finally:
+        await chat.close(timeout=2)
+        server.stop()

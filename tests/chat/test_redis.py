@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 import epws
-from epws_chat.broker import BrokerError
+from epws_chat.brokers import BrokerError
+from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL
-from epws_chat.redis_broker import RedisBroker
 from epws_chat.server import start_chat
 
 from .redis_server import RedisServer, redis_server

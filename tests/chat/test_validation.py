@@ -14,7 +14,7 @@ import time
 import pytest
 
 import epws
-from epws_chat.broker import ChatMessage, MemoryBroker, message_id_key
+from epws_chat.brokers import ChatMessage, MemoryBroker, message_id_key
 from epws_chat.client import Client, Settings
 from epws_chat.hub import Hub
 

@@ -9,7 +9,7 @@ task of its own, which is what lets one process hold many thousands of connectio
   protocol callback, with no task and no queue per connection);
 * the **write pump** is the hub's batch flush (:meth:`Hub._flush`): once per loop
   iteration it writes everything pending for a room as ONE message, coalesced with
-  ``"\\n"``, to every member; pings go out from one ticker for all clients;
+  ``"\\n"``, to every member; pings are epws's keepalive (no timer per client);
 * the **send buffer** is the connection's outgoing buffer, bounded in bytes
   (``send_buffer x read_limit``); past it the client is evicted.
 
@@ -28,21 +28,19 @@ import contextlib
 import itertools
 import json
 import logging
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import epws
 
 from .auth import Identity
-from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
+from .brokers import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
 from .hub import DEFAULT_ROOM, Hub, error_line
+from .limits import TokenBucket
 
 __all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normalize"]
 
 logger = logging.getLogger("epws_chat.client")
-
-#: When a token bucket was last counted before any message: the first finds it full.
-_NEVER = float("-inf")
 
 #: The subprotocol of JSON clients (the shipped page).
 PROTOCOL = "epws.chat.v1"
@@ -103,10 +101,14 @@ class Settings:
             bytes, ``send_buffer x read_limit``, in the client's outgoing buffer.
         read_limit: largest message accepted, in bytes; a larger one closes the
             connection with 1009 (Go: ``maxMessageSize``, 512).
-        pong_wait: seconds the read deadline lies ahead; only a pong pushes it
-            forward (Go: ``pongWait``, 60 s).
-        ping_period: seconds between pings; must be shorter than ``pong_wait`` so
-            the pong can arrive in time (Go: ``pingPeriod`` = pongWait * 9/10, 54 s).
+        pong_wait: seconds a client may stay without a pong before it is dropped;
+            only a pong counts (Go: ``pongWait``, 60 s, the read deadline that pongs
+            push forward). epws's keepalive does it: ``ping_timeout`` is
+            ``pong_wait - ping_period``, so a client is dropped ``pong_wait`` after the
+            last ping it answered (Go: after its last pong, one round trip later).
+        ping_period: seconds between the (empty) pings; must be shorter than
+            ``pong_wait`` so the pong can arrive in time (Go: ``pingPeriod`` =
+            pongWait * 9/10, 54 s).
         write_wait: seconds a client's outgoing data may stay unsent, and a close
             frame may wait for the peer's answer, before the connection is dropped
             (Go: ``writeWait``, 10 s, the deadline of every write).
@@ -174,16 +176,14 @@ class Client:
     """
 
     __slots__ = (
+        "_bucket",
         "_closed_by_hub",
+        "_release",
         "_settings",
-        "_stamp",
-        "_strikes",
-        "_tokens",
-        "_told",
+        "address",
         "backlog_since",
         "cid",
         "conn",
-        "dropped",
         "held_for_history",
         "hub",
         "identity",
@@ -204,6 +204,8 @@ class Client:
         name: str = "",
         identity: Identity | None = None,
         watches: bool = False,
+        address: str | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         self.hub = hub
         self.identity = identity
@@ -219,16 +221,14 @@ class Client:
         self.backlog_since: float | None = None
         self._settings = settings  # shared by every client: nothing copied per client
         self._closed_by_hub = False
-        # The token bucket (see Settings.rate): tokens, when they were counted, the
-        # decaying count of dropped messages, and whether the sender was told. Counted
-        # "never" at first, so the first message finds the bucket full; shared
-        # constants until then, so an idle client allocates nothing for it.
-        self._tokens = 0.0
-        self._stamp = _NEVER
-        self._strikes = 0.0
-        self._told = False
-        #: Messages of this client dropped by the rate limit.
-        self.dropped = 0
+        # The rate limit (see Settings.rate), made at the first message: most clients
+        # of a chat are idle, and an idle one carries none of it.
+        self._bucket: TokenBucket | None = None
+        #: The client's address as the gate counted it (None: not counted), and the
+        #: gate's release, shared by every client: freed once, as the client goes,
+        #: with no closure per connection.
+        self.address = address
+        self._release = release
         address = conn.remote_address
         if isinstance(address, tuple) and len(address) >= 2:
             host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
@@ -250,8 +250,6 @@ class Client:
         conn.read_limit = settings.read_limit
         conn.on_message = self.read_pump
         conn.on_close = self._closed
-        conn.pong_handler = self._pong
-        conn.set_read_deadline(conn.loop.time() + settings.pong_wait)
         if self.speaks_json:
             self.held_for_history = []
             self._send_hello()
@@ -347,19 +345,13 @@ class Client:
         settings = self._settings
         rate = settings.rate
         if rate:
-            burst = settings.burst
-            limit = settings.abuse_limit
             now = self.conn.loop.time()
-            elapsed = now - self._stamp
-            self._stamp = now
-            tokens = min(burst, self._tokens + elapsed * rate)
-            if tokens < 1.0:
-                self._tokens = tokens
-                self._over_rate(elapsed, rate, limit)
+            bucket = self._bucket
+            if bucket is None:
+                bucket = self._bucket = TokenBucket(now, settings.burst)
+            if not bucket.take(now, rate, settings.burst):
+                self._over_rate(bucket, rate, settings.abuse_limit)
                 return
-            self._tokens = tokens - 1.0
-            self._strikes = max(0.0, self._strikes - elapsed * rate)
-            self._told = False
         if not isinstance(message, str):
             # Go broadcasts the bytes of binary messages as text; decoding keeps the
             # outgoing text frame valid UTF-8.
@@ -373,23 +365,21 @@ class Client:
             clean_text(normalize(message)), room=self.room, name=self.name, sender=self
         )
 
-    def _over_rate(self, elapsed: float, rate: float, limit: float) -> None:
+    def _over_rate(self, bucket: TokenBucket, rate: float, limit: float) -> None:
         """A message over the rate limit: dropped; the sender told once per episode;
         closed with 1008 when the drops keep coming faster than they decay."""
-        self.dropped += 1
         stats = self.hub.stats
         if stats is not None:
             stats.rate_limited += 1
-        self._strikes = max(0.0, self._strikes - elapsed * rate) + 1.0
-        if self._strikes > limit:
-            logger.warning("%s: closed for flooding (%d messages dropped)", self, self.dropped)
+        if bucket.strikes > limit:
+            logger.warning("%s: closed for flooding (%d messages dropped)", self, bucket.dropped)
             if stats is not None:
                 stats.evicted("flood")
             self.hub.unregister(self)
             self.conn.close_nowait(1008, "rate limit exceeded")
             return
-        if not self._told:
-            self._told = True
+        if not bucket.told:
+            bucket.told = True
             text = f"too many messages: at most {rate:g} per second; the excess is dropped"
             self._send_error(text)
 
@@ -424,10 +414,6 @@ class Client:
         text = f"{what}: {error}"
         self._send_error(text)
 
-    def _pong(self, _payload: bytes) -> None:
-        conn = self.conn
-        conn.set_read_deadline(conn.loop.time() + self._settings.pong_wait)
-
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
         sends when its channel is closed, then TCP goes at once (a reset).
@@ -444,13 +430,19 @@ class Client:
 
     def _closed(self, exc: epws.ConnectionClosed) -> None:
         self.hub.unregister(self)
+        address = self.address
+        if address is not None and self._release is not None:
+            self.address = None
+            self._release(address)
         # As Go's IsUnexpectedCloseError(err, GoingAway, AbnormalClosure): a close
         # frame the peer sent with any code but 1001 is worth a line. A close that
         # answers our own (eviction) is not the peer's doing.
         if not self._closed_by_hub and epws.is_unexpected_close(exc, 1001, 1006):
             level = logging.INFO if exc.code == 1000 else logging.WARNING
             logger.log(level, "%s closed the connection: %s", self, exc)
-        how = "read deadline exceeded" if "read deadline" in exc.cause else f"close code {exc.code}"
+        # epws's keepalive timing out is Go's read deadline (pongWait) passing.
+        timed_out = "keepalive ping timeout" in exc.cause
+        how = "read deadline exceeded" if timed_out else f"close code {exc.code}"
         logger.info("%s disconnected (%s)", self, how)
 
 
@@ -462,12 +454,19 @@ _JOINING: set[asyncio.Task[None]] = set()
 
 
 def accept(
-    hub: Hub, settings: Settings, conn: epws.Conn, identity: Identity | None = None
+    hub: Hub,
+    settings: Settings,
+    conn: epws.Conn,
+    identity: Identity | None = None,
+    *,
+    address: str | None = None,
+    release: Callable[[str], None] | None = None,
 ) -> Client | None:
     """The server's handler (callback mode): make the Client and start it; no task.
 
     With an ``identity`` (a checked token) its ``sub`` is the name; else the
     ``?name=`` the page sends. None when the request names no valid room.
+    ``release(address)`` is called once, as the client goes (the gate's count).
     """
     request = conn.request
     query = request.query if request is not None else {}
@@ -486,13 +485,18 @@ def accept(
             message_id_key(after)  # the brokers' own parser: what passes, Redis takes
         except ValueError:
             after = None
-    if settings.socket_send_buffer:
-        sock = conn.transport.get_extra_info("socket") if conn.transport else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
     watches = (query.get("presence") or [""])[0] in ("1", "true")
-    client = Client(hub, conn, settings, room=room, name=name, identity=identity, watches=watches)
+    client = Client(
+        hub,
+        conn,
+        settings,
+        room=room,
+        name=name,
+        identity=identity,
+        watches=watches,
+        address=address,
+        release=release,
+    )
     logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.speaks_json else "")
     client.start(settings, after=after)
     return client

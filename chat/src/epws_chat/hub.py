@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import epws
 
-from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
 from .metrics import Counters
 
 if TYPE_CHECKING:
@@ -77,7 +77,16 @@ class Hub:
         stats: where the figures are counted (None: not counted, ``--metrics off``).
     """
 
-    __slots__ = ("_loop", "broker", "clients", "rooms", "send_limit", "stats", "write_wait")
+    __slots__ = (
+        "_loop",
+        "_sweeper",
+        "broker",
+        "clients",
+        "rooms",
+        "send_limit",
+        "stats",
+        "write_wait",
+    )
 
     def __init__(
         self,
@@ -94,13 +103,17 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.clients: dict[Client, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver, self.gap)
+        await self.broker.start(self.deliver, self.gap, stats=self.stats)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await self.broker.close()
 
     def __len__(self) -> int:
@@ -321,8 +334,8 @@ class Hub:
         """Evict clients whose outgoing data has waited longer than ``write_wait``.
 
         Batches check this as they are written; a room that falls silent writes no
-        batch, so the chat's keepalive task calls this every few seconds too. Returns
-        how many clients were evicted.
+        batch, so :meth:`sweep_every` calls this every few seconds too. Returns how
+        many clients were evicted.
         """
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
@@ -338,6 +351,25 @@ class Hub:
             logger.info("evicted %s: nothing sent for %.3g s", client, self.write_wait)
             self.evict(client, "write_wait")
         return len(stuck)
+
+    def sweep_every(self, period: float) -> None:
+        """Call :meth:`sweep` every ``period`` seconds from one loop timer, until :meth:`close`.
+
+        A timer, not a task: nothing here awaits. It is re-armed before each sweep, so
+        a sweep that fails (a bug) is logged and the next one still runs.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+
+        def due() -> None:
+            self._sweeper = loop.call_later(period, due)
+            try:
+                self.sweep()
+            except Exception:
+                logger.exception("write-wait sweep failed; the next one runs in %.3g s", period)
+
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = loop.call_later(period, due)
 
 
 def _stuck(client: Client, buffered: int, now: float, oldest: float, limit: float) -> bool:
@@ -366,7 +398,7 @@ def error_line(text: str, *, missed: bool = False) -> str:
 def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
     """The batch as one frame; a line that cannot be encoded costs only itself.
 
-    Brokers and the read pump clean every text (:func:`~epws_chat.broker.clean_text`),
+    Brokers and the read pump clean every text (:func:`~epws_chat.brokers.clean_text`),
     so this is the last line of defence: one bad line must never lose the innocent
     lines of its batch, for any member.
     """

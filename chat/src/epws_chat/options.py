@@ -16,7 +16,7 @@ import argparse
 import os
 
 from .auth import TokenAuth
-from .broker import Broker, MemoryBroker
+from .brokers import Broker, MemoryBroker
 from .client import Settings
 
 __all__ = [
@@ -63,7 +63,7 @@ def make_broker(spec: str, history: int, retention: float = 86400.0) -> Broker:
     if check_broker(spec) == "memory":
         return MemoryBroker(history, retention=retention)
     try:
-        from .redis_broker import RedisBroker
+        from .brokers.redis import RedisBroker
     except ImportError as exc:
         raise ValueError(
             f"--broker {spec!r} needs the redis package: pip install 'epws[redis]' ({exc})"

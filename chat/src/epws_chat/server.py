@@ -1,6 +1,6 @@
 """A running chat server, assembled: :func:`start_chat` puts the hub, the WebSocket
-server (:mod:`epws_chat.session`, :mod:`epws_chat.routes`), the keepalive and the ops
-listener (:mod:`epws_chat.ops`) together on the running loop, and :class:`Chat` holds
+server (:mod:`epws_chat.session`, :mod:`epws_chat.routes`), the write-wait sweep and
+the ops listener (:mod:`epws_chat.ops`) together on the running loop, and :class:`Chat` holds
 them and closes them in order.
 
 Unlike the Go original, which has no shutdown path, :meth:`Chat.close` closes every
@@ -10,6 +10,7 @@ connection with 1001 (going away) within a bounded time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -21,14 +22,14 @@ from typing import Any
 import epws
 
 from .auth import ExpiryQueue, TokenAuth
-from .broker import Broker, clean_text
+from .brokers import Broker, clean_text
 from .client import Settings, clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
 from .metrics import ChatCollector, Counters, render
 from .ops import Routes, serve_ops
 from .routes import STATIC_DIR, make_process_request
-from .session import keepalive, make_expiry, make_handler, make_upgrader
+from .session import make_expiry, make_handler, make_upgrader
 
 __all__ = ["Chat", "make_routes", "start_chat"]
 
@@ -41,7 +42,6 @@ class Chat:
     hub: Hub
     settings: Settings
     scheme: str
-    pinger: asyncio.Task[None]
     gate: Gate
     log_filters: list[RateLimitedLog]
     expiry: ExpiryQueue
@@ -93,7 +93,6 @@ class Chat:
                 conn.abort()
 
         timer = loop.call_later(timeout, drop_all)
-        self.pinger.cancel()
         self.expiry.close()
         for log_filter, name in zip(self.log_filters, FLOODABLE, strict=False):
             logging.getLogger(name).removeFilter(log_filter)
@@ -148,10 +147,20 @@ async def start_chat(
         sock=sock,
         reuse_port=reuse_port,
     )
-    pinger = asyncio.get_running_loop().create_task(keepalive(hub, settings))
+    if settings.socket_send_buffer:
+        # On the listening sockets: Linux copies a listener's SO_SNDBUF into each socket
+        # it accepts, so no connection pays a system call (or, on uvloop, a socket
+        # object kept by its transport) for it.
+        for listening in server.sockets:
+            with contextlib.suppress(OSError):
+                listening.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer
+                )
+    # Go's write deadline in a room that fell silent (no batch checks it there).
+    hub.sweep_every(settings.write_wait / 2)
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
-    chat = Chat(server, hub, settings, scheme, pinger, gate, filters, expiry, stats)
+    chat = Chat(server, hub, settings, scheme, gate, filters, expiry, stats)
     if ops_addr is not None:
         chat.ops = await serve_ops(make_routes(chat, api_key), *ops_addr)
     return chat

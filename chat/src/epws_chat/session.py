@@ -1,5 +1,6 @@
-"""The WebSocket side of the chat: the upgrade's settings, the handler each upgraded
-connection runs, the token-expiry eviction and the keepalive shared by every client.
+"""The WebSocket side of the chat: the upgrade's settings (the seed's keepalive among
+them, run by epws), the handler each upgraded connection runs, the token-expiry
+eviction.
 
 The handler admits a connection (token, per-address cap), hands it to
 :func:`~epws_chat.client.accept` (which starts its read pump in the hub) and frees its
@@ -9,8 +10,6 @@ place in the gate when it closes. What is refused before the upgrade is decided 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -23,7 +22,7 @@ from .limits import Gate
 from .metrics import Counters
 from .routes import identify
 
-__all__ = ["keepalive", "make_expiry", "make_handler", "make_upgrader"]
+__all__ = ["make_expiry", "make_handler", "make_upgrader"]
 
 # The per-connection logger that --log-rate bounds (limits.FLOODABLE).
 logger = logging.getLogger("epws_chat")
@@ -49,9 +48,13 @@ def make_upgrader(settings: Settings, stats: Counters | None = None) -> epws.Upg
         read_limit=settings.read_limit,
         close_timeout=settings.write_wait,
         compression=None,  # as the Go original: lines are short, CPU is the budget
-        # The chat keeps the seed's keepalive (keepalive below: an empty ping every
-        # ping_period, a read deadline pong_wait ahead), not the library's.
-        ping_interval=None,
+        # The seed's keepalive on the library's: an empty ping every ping_period, and a
+        # client whose pong does not come within pong_wait - ping_period dropped, which
+        # is pong_wait after the last ping it answered (Go: a read deadline pong_wait
+        # ahead, pushed only by pongs, so pong_wait after the last pong).
+        ping_interval=settings.ping_period,
+        ping_timeout=settings.pong_wait - settings.ping_period,
+        ping_payload=b"",
         on_refusal=on_refusal,
     )
 
@@ -80,6 +83,10 @@ def make_handler(
 ) -> Callable[[epws.Conn], None]:
     """The handler of every upgraded connection (``epws.serve``'s first argument)."""
 
+    # One bound method for every client: the Client calls it as it goes, so that a
+    # connection costs no closure of its own (about 200 bytes each).
+    release = gate.release
+
     def handler(conn: epws.Conn) -> None:
         identity: Identity | None = None
         if auth is not None:
@@ -97,50 +104,10 @@ def make_handler(
                 stats.evicted("address_cap")
             conn.close_nowait(1013, "too many connections; try again later")
             return
-        client = accept(hub, settings, conn, identity)
-        if client is not None and identity is not None and identity.expires is not None:
+        client = accept(hub, settings, conn, identity, address=address, release=release)
+        if client is None:
+            release(address)  # refused (a bad room): it is closing, and counts no more
+        elif identity is not None and identity.expires is not None:
             expiry.add(client, identity.expires)
-        on_close = conn.on_close
-
-        def closed(exc: epws.ConnectionClosed) -> None:
-            gate.release(address)
-            if on_close is not None:
-                on_close(exc)
-
-        conn.on_close = closed
 
     return handler
-
-
-async def keepalive(hub: Hub, settings: Settings) -> None:
-    """Go's per-client ticker and write deadline, as one timer for every client.
-
-    Every ping period each client gets an empty ping (clients that joined since the
-    last one get theirs within a period, as in Go; the pong wait is longer either way).
-    Between pings, the hub's sweep drops clients whose outgoing data has waited longer
-    than ``write_wait`` (Go's write deadline), even in a room that fell silent.
-    """
-    loop = asyncio.get_running_loop()
-    step = min(settings.ping_period, settings.write_wait / 2)
-    next_ping = loop.time() + settings.ping_period
-    failures = 0
-    while True:
-        await asyncio.sleep(step)
-        # Supervised: an unexpected error is logged and the next round runs anyway.
-        # Without this one bug would stop every ping and sweep, silently, forever.
-        try:
-            hub.sweep()
-            if loop.time() < next_ping:
-                continue
-            next_ping += settings.ping_period
-            for client in list(hub.clients):
-                conn = client.conn
-                if not conn.closed:
-                    with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                        await conn.ping(b"")
-            failures = 0
-        except Exception:
-            failures += 1
-            logger.exception("keepalive round failed (%d in a row); going on", failures)
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + settings.ping_period

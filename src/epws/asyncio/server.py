@@ -35,6 +35,7 @@ from ..protocol.handshake import (
 )
 from ..protocol.http11 import Request, RequestParser, build_http_response
 from .conn import Conn
+from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
 
 __all__ = ["HTTPResponse", "Server", "Upgrader", "serve", "unix_serve"]
 
@@ -87,6 +88,10 @@ class Upgrader:
             default, see docs/keepalive.md.
         ping_timeout: seconds a keepalive ping waits for a pong before the connection
             fails with 1011 (None: never; the pings then only measure ``latency``).
+        ping_payload: the payload of keepalive pings (at most 125 bytes):
+            ``b"epws keepalive"`` by default, so that they never answer for the
+            application's own pings; ``b""`` for the empty pings gorilla's chat sends.
+            Kept once for all the server's connections, not per connection.
         max_request_line, max_headers, max_header_bytes: bounds of the HTTP request,
             so a huge or endless request cannot hold memory.
         extra_headers: headers added to the 101 response.
@@ -112,12 +117,17 @@ class Upgrader:
     close_timeout: float = 10.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    ping_payload: bytes = KEEPALIVE_PAYLOAD
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_bytes: int = 65536
     extra_headers: Sequence[tuple[str, str]] = ()
     compression: Any = field(default_factory=PerMessageDeflate)
     on_refusal: Callable[[HandshakeError, Request | None], None] | None = None
+
+    def __post_init__(self) -> None:
+        # A bad keepalive value fails here, at serve(), not at the first handshake.
+        keepalive_settings(self.ping_interval, self.ping_timeout, self.ping_payload)
 
     def origin_ok(self, request: Request) -> bool:
         check = self.check_origin
@@ -652,6 +662,7 @@ class _HTTPProtocol(asyncio.Protocol):
             close_timeout=up.close_timeout,
             ping_interval=up.ping_interval,
             ping_timeout=up.ping_timeout,
+            ping_payload=up.ping_payload,
             subprotocol=subprotocol,
             request=request,
         )
