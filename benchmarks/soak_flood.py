@@ -20,8 +20,8 @@ import contextlib
 import statistics
 
 import epws
-from epws_chat.app import start_chat
 from epws_chat.client import Settings
+from epws_chat.server import start_chat
 
 
 async def run(settings: Settings, seconds: float) -> str:

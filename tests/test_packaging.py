@@ -81,10 +81,10 @@ def test_chat_wheel_holds_the_chat_its_page_and_its_script(tmp_path: Path) -> No
         metadata = whl.read(meta).decode()
         entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points = whl.read(entry).decode()
-    assert "epws_chat/app.py" in names
+    assert "epws_chat/cli.py" in names
     assert "epws_chat/static/home.html" in names
     assert not any(n.startswith("epws/") for n in names)
-    assert "epws-chat = epws_chat.app:main" in entry_points
+    assert "epws-chat = epws_chat.cli:main" in entry_points
     requires = [ln for ln in metadata.splitlines() if ln.startswith("Requires-Dist:")]
     assert any(ln.split(":", 1)[1].strip().startswith("epws") for ln in requires), requires
     assert any("redis" in ln and "extra ==" in ln for ln in requires), requires

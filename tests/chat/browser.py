@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from epws_chat.app import Chat, start_chat
-from epws_chat.broker import Broker
+from epws_chat.brokers import Broker
+from epws_chat.server import Chat, start_chat
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import epws
-from epws_chat.app import Chat, start_chat
+from epws_chat.server import Chat, start_chat
 
 from .rawws import RawClient
 

@@ -1,6 +1,7 @@
 """Hostile and broken clients: floods, evicted clients that keep talking, stuck
-clients holding kernel memory, connection floods, log floods; and a supervised
-keepalive. Every bound is asserted in bytes, seconds or lines, generously."""
+clients holding kernel memory, connection floods, log floods; and a write-wait sweep
+and a keepalive that outlive a bug. Every bound is asserted in bytes, seconds or
+lines, generously."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from epws_chat.hub import Hub
 from epws_chat.limits import Gate
 
 from .conftest import ws_url
-from .rawws import PING, RawClient
+from .rawws import PING, PONG, RawClient, client_frame
 from .test_chat import collect_lines, find_client
 from .test_http import get, http
 
@@ -47,7 +48,7 @@ async def test_an_evicted_client_can_no_longer_talk(start) -> None:
         ghost.close()
 
 
-async def test_the_keepalive_survives_an_unexpected_error(
+async def test_the_sweep_and_the_keepalive_survive_an_unexpected_error(
     start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     real_sweep = Hub.sweep
@@ -66,13 +67,15 @@ async def test_the_keepalive_survives_an_unexpected_error(
     try:
         pings = 0
         async with asyncio.timeout(3):  # before the fix: the task died, no ping ever
-            while pings < 2:
+            while pings < 2 or calls < 3:
                 frame = await raw.read_frame()
-                pings += frame.opcode == PING
+                if frame.opcode == PING:
+                    pings += 1
+                    # The library's keepalive has one ping in flight: answer it.
+                    await raw.send_frames([client_frame(PONG, frame.payload)])
     finally:
         raw.close()
-    assert calls >= 2
-    assert any("keepalive round failed" in r.getMessage() for r in caplog.records)
+    assert any("write-wait sweep failed" in r.getMessage() for r in caplog.records)
 
 
 async def test_request_and_refusal_logging_is_rate_limited(
@@ -257,3 +260,32 @@ async def test_a_stuck_client_holds_a_bounded_kernel_buffer(start) -> None:
         await asyncio.wait_for(client.conn.wait_closed(), 1.0)  # and released at once
     finally:
         stuck.close()
+
+
+async def test_an_idle_client_carries_no_rate_state_and_no_closure_of_its_own(start) -> None:
+    # Memory per idle connection (issue 9/15): the token bucket is made at the first
+    # message, the gate is released by the Client itself (no closure per connection),
+    # and the send buffer comes from the listener, not a call per connection.
+    chat = await start(Settings(rate=5, burst=2))
+    raw = await RawClient.connect(chat.port)
+    try:
+        client = find_client(chat, raw)
+        assert client._bucket is None
+        assert client.conn.on_close == client._closed
+        assert chat.gate.total == 1 and client.address is not None
+        async with epws.connect(ws_url(chat)) as talker:
+            talker_client = next(c for c in chat.hub.clients if c is not client)
+            for _ in range(4):
+                await talker.send("hi")
+            await collect_lines(talker, 2)
+            bucket = talker_client._bucket
+            assert bucket is not None and bucket.dropped >= 1
+            assert chat.gate.total == 2
+        async with asyncio.timeout(5):
+            while chat.gate.total != 1:
+                await asyncio.sleep(0.01)
+    finally:
+        raw.close()
+    async with asyncio.timeout(5):
+        while chat.gate.total or chat.gate.by_address:
+            await asyncio.sleep(0.01)

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import epws
-from epws_chat.app import Chat
 from epws_chat.auth import EXPIRED_CODE, Identity, TokenAuth, mint, parse_duration
 from epws_chat.client import PROTOCOL, clean_room
+from epws_chat.server import Chat
 
 from .test_http import http
 from .test_rooms import json_lines

@@ -255,7 +255,7 @@ def test_rooms_are_separate_pages(server: ChatServer, tmp_path: Path) -> None:
 def test_the_page_reconnects_and_resumes_without_loss_or_repeats(tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    from epws_chat.broker import MemoryBroker
+    from epws_chat.brokers import MemoryBroker
 
     servers = ChatThread()
     try:

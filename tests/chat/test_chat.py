@@ -8,8 +8,8 @@ import logging
 import pytest
 
 import epws
-from epws_chat.app import Chat
 from epws_chat.client import Client, Settings
+from epws_chat.server import Chat
 
 from .conftest import small_send_buffer_listener, ws_url
 from .rawws import CLOSE, PING, PONG, TEXT, RawClient, client_frame
@@ -242,6 +242,21 @@ async def test_pings_go_out_on_the_ping_period(start) -> None:
                 await raw.send_frames([client_frame(PONG, frame.payload)])
     finally:
         raw.close()
+
+
+async def test_the_keepalive_is_the_librarys_with_the_seed_timings(start) -> None:
+    # No ping loop of the chat's own (no task at all once started): epws pings, with
+    # chat-spec's timings (a ping every ping_period, dropped pong_wait after the last
+    # answered ping) and its empty payload.
+    before = asyncio.all_tasks()
+    chat = await start(Settings())
+    assert asyncio.all_tasks() - before == set()
+    upgrader = chat.server.upgrader
+    assert (upgrader.ping_interval, upgrader.ping_timeout, upgrader.ping_payload) == (
+        54.0,
+        6.0,
+        b"",
+    )
 
 
 async def test_only_pongs_extend_the_read_deadline(start, caplog: pytest.LogCaptureFixture) -> None:

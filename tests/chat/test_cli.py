@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 import epws
-from epws_chat.app import _settings, build_parser
+from epws_chat.options import build_parser, make_settings
 
 from .rawws import RawClient
 
@@ -210,7 +210,7 @@ def test_bad_flags_are_refused() -> None:
 
 def test_flags_map_to_settings() -> None:
     parser = build_parser()
-    s = _settings(parser, parser.parse_args([]))
+    s = make_settings(parser, parser.parse_args([]))
     assert (s.send_buffer, s.read_limit, s.pong_wait, s.ping_period, s.write_wait) == (
         256,
         512,
@@ -221,6 +221,6 @@ def test_flags_map_to_settings() -> None:
     args = parser.parse_args(
         ["-addr=:9000", "--pong-wait", "10", "--send-buffer", "8", "--write-wait", "2"]
     )
-    s = _settings(parser, args)
+    s = make_settings(parser, args)
     assert args.addr == ":9000"
     assert (s.send_buffer, s.pong_wait, s.ping_period, s.write_wait) == (8, 10.0, 9.0, 2.0)

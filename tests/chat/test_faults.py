@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 
 import epws
-from epws_chat.app import Chat, start_chat
-from epws_chat.broker import BrokerError, ChatMessage
+from epws_chat.brokers import BrokerError, ChatMessage
+from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL, Settings
-from epws_chat.redis_broker import RedisBroker
+from epws_chat.server import Chat, start_chat
 
 from .redis_server import RedisServer, redis_server
 from .test_redis import Lines, take_messages, v1
@@ -150,8 +150,8 @@ async def test_a_malformed_stream_entry_does_not_freeze_joining_clients(
     try:
         conn = await v1(chat.port, "r")
         lines = Lines(conn)
-        # Before the fix: history() raised JSONDecodeError, the client never left its
-        # holding state and received nothing, not even its own lines.
+        # Before the fix: history() raised JSONDecodeError, the client never stopped
+        # holding live lines back and received nothing, not even its own lines.
         history = await take_messages(lines, 2)
         assert [m["text"] for m in history] == ["good 1", "good 2"]
         await conn.send("live")

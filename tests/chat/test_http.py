@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from epws_chat.app import STATIC_DIR, parse_addr
+from epws_chat.options import parse_addr
+from epws_chat.routes import STATIC_DIR
 
 
 async def http(port: int, request: str) -> tuple[int, dict[str, str], bytes]:

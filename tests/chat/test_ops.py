@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 import epws
-from epws_chat.app import Chat
 from epws_chat.auth import TokenAuth
+from epws_chat.brokers.redis import RedisBroker
 from epws_chat.client import PROTOCOL, Settings
+from epws_chat.server import Chat, start_chat
 
+from .redis_server import RedisServer
 from .test_http import http
 from .test_rooms import json_lines, url
 
@@ -149,6 +152,28 @@ async def test_metrics_count_what_happened(start) -> None:
         await conn.close()
 
 
+async def test_handshakes_the_library_refuses_are_counted(start) -> None:
+    """Refused by epws itself, before the chat's handler: before Upgrader.on_refusal
+    these never reached the handshake metrics (only 101 and the chat's own refusals)."""
+    chat = await ops_chat(start)
+    port = chat.port
+    upgrade = (
+        "GET /ws HTTP/1.1\nHost: 127.0.0.1:{port}\nUpgrade: websocket\nConnection: Upgrade\n"
+        "Sec-WebSocket-Version: 13\nSec-WebSocket-Key: {key}\n{extra}\n"
+    )
+    good_key = "dGhlIHNhbXBsZSBub25jZQ=="
+    for request_text, status in (
+        ("GET /ws HTTP/1.1\nHost: 127.0.0.1\n\n", 426),  # not an upgrade
+        (upgrade.format(port=port, key="dG9vIHNob3J0", extra=""), 400),  # bad key
+        (upgrade.format(port=port, key=good_key, extra="Origin: https://evil.example\n"), 403),
+        ("NOT HTTP AT ALL\n\n", 400),  # malformed
+    ):
+        got, _, _ = await http(port, request_text)
+        assert got == status
+    status, stats = await call(chat, "GET", "/api/stats")
+    assert stats["handshakes"] == {"400": 2, "403": 1, "426": 1}
+
+
 async def test_metrics_off_counts_nothing(start) -> None:
     chat = await ops_chat(start, metrics=False)
     assert chat.hub.stats is None
@@ -203,3 +228,46 @@ async def test_json_logs_carry_the_connection_id() -> None:
     assert all(isinstance(line["conn"], int) for line in about)
     assert len({line["conn"] for line in about}) == 2
     assert {line["level"] for line in lines} <= {"INFO", "WARNING"}
+
+
+def scrape(raw: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(raw.decode())
+        for s in family.samples
+    }
+
+
+async def test_broker_publish_latency_and_reconnects_are_counted(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    server.start()
+    broker = RedisBroker(server.url, timeout=1.0, backoff=(0.05, 0.2), health_interval=1.0)
+    chat = await start_chat(None, "127.0.0.1", 0, broker=broker, ops_addr=("127.0.0.1", 0))
+    try:
+        await broker.wait_connected()
+        conn = await epws.connect(url(chat, room="dev", name="m"), subprotocols=[PROTOCOL])
+        await json_lines(conn, 1)
+        await asyncio.sleep(0.05)
+        for i in range(5):
+            await conn.send(f"m{i}")
+        await json_lines(conn, 5)
+        _, _, raw = await http(chat.ops_port, "GET /metrics HTTP/1.1\nHost: x\n\n")
+        samples = scrape(raw)
+        # Before: defined but never fed (count 0, sum 0, reconnects 0 after an outage).
+        assert samples[("epws_chat_broker_publish_seconds_count", ())] == 5
+        assert samples[("epws_chat_broker_publish_seconds_bucket", (("le", "+Inf"),))] == 5
+        assert 0 < samples[("epws_chat_broker_publish_seconds_sum", ())] < 5
+        assert samples[("epws_chat_broker_reconnects_total", ())] == 0
+        server.kill()
+        async with asyncio.timeout(10):
+            while broker.connected:
+                await asyncio.sleep(0.02)
+        server.start()
+        async with asyncio.timeout(10):
+            await broker.wait_connected()
+        _, _, raw = await http(chat.ops_port, "GET /metrics HTTP/1.1\nHost: x\n\n")
+        assert scrape(raw)[("epws_chat_broker_reconnects_total", ())] == 1
+        await conn.close()
+    finally:
+        await chat.close(timeout=2)
+        server.stop()

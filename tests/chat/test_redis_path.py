@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from epws_chat.app import Chat, start_chat
-from epws_chat.redis_broker import RedisBroker
+from epws_chat.brokers import BrokerError, ChatMessage
+from epws_chat.brokers.redis import RedisBroker
+from epws_chat.server import Chat, start_chat
 
 from .redis_server import RedisServer, redis_server
 from .test_faults import broker_of, until_up, wait_for
@@ -27,12 +28,17 @@ __all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
 
 class Proxy:
-    """TCP proxy to ``127.0.0.1:upstream``; ``mode`` is "pass", "blackhole" or "slow"."""
+    """TCP proxy to ``127.0.0.1:upstream``; ``mode`` is "pass", "blackhole" or "slow".
+
+    ``subscribe_delay``: seconds each chunk sent to Redis that holds a SUBSCRIBE is
+    held (in any mode): a slow pub/sub path for subscription changes only.
+    """
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.mode = "pass"
         self.delay = 0.0
+        self.subscribe_delay = 0.0
         self.writers: set[asyncio.StreamWriter] = set()
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -62,6 +68,8 @@ class Proxy:
                     await asyncio.sleep(0.02)  # held, never passed on: a black hole
                 if self.mode == "slow":
                     await asyncio.sleep(self.delay)
+                if self.subscribe_delay and b"SUBSCRIBE" in data:
+                    await asyncio.sleep(self.subscribe_delay)
                 dst.write(data)
                 await dst.drain()
         with contextlib.suppress(OSError, RuntimeError):
@@ -171,3 +179,47 @@ async def test_a_slow_path_keeps_order_and_loses_nothing(path) -> None:
     assert broker_of(far).connected
     for conn in (a, b):
         await conn.close()
+
+
+async def test_a_room_not_live_yet_does_not_delay_the_other_rooms(
+    redis_server: RedisServer,
+) -> None:
+    proxy = Proxy(redis_server.port)
+    port = await proxy.start()
+    broker = RedisBroker(f"redis://127.0.0.1:{port}/0", timeout=2.0, backoff=(0.05, 0.2))
+    loop = asyncio.get_running_loop()
+    got: list[ChatMessage] = []
+    seen: dict[str, float] = {}
+
+    def deliver(message: ChatMessage) -> None:
+        got.append(message)
+        seen[message.text] = loop.time()
+
+    await broker.start(deliver)
+    try:
+        await broker.wait_connected()
+        broker.subscribe("fast")
+        await broker.history("fast", after=None, limit=1)  # live
+        proxy.subscribe_delay = 1.0
+        broker.subscribe("slow")  # its subscription takes a second to reach Redis
+        errors: list[BrokerError] = []
+        started = loop.time()
+        broker.publish("slow", "n", "slow 1", errors.append)
+        broker.publish("fast", "n", "fast 1", errors.append)
+        await asyncio.sleep(0)
+        broker.publish("fast", "n", "fast 2", errors.append)
+        broker.publish("slow", "n", "slow 2", errors.append)
+        await wait_for(lambda: "fast 2" in seen, 3)
+        # Before the fix the whole batch, and every batch after it, waited for the
+        # slow room: about a second here, up to the timeout in general.
+        assert seen["fast 2"] - started < 0.5
+        await wait_for(lambda: "slow 2" in seen, 3)
+        # The slow room's lines waited for its subscription: seen by this process,
+        # in the order they were sent.
+        assert seen["slow 1"] - started > 0.9
+        assert [m.text for m in got if m.room == "slow"] == ["slow 1", "slow 2"]
+        assert [m.text for m in got if m.room == "fast"] == ["fast 1", "fast 2"]
+        assert errors == []
+    finally:
+        await broker.close()
+        await proxy.close()

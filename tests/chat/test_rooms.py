@@ -16,14 +16,14 @@ from urllib.parse import quote
 import pytest
 
 import epws
-from epws_chat.app import Chat
-from epws_chat.broker import MemoryBroker, message_id_key
+from epws_chat.brokers import MemoryBroker, message_id_key
 from epws_chat.client import PROTOCOL, Settings
+from epws_chat.server import Chat
 
 from .conftest import ws_url
 
 if TYPE_CHECKING:
-    from epws_chat.broker import Page
+    from epws_chat.brokers import Page
 
 Line = dict[str, Any]
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import epws
-from epws_chat.broker import ChatMessage, MemoryBroker, message_id_key
+from epws_chat.brokers import ChatMessage, MemoryBroker, message_id_key
 from epws_chat.client import Client, Settings
 from epws_chat.hub import Hub
 
@@ -42,7 +42,7 @@ async def test_a_bad_line_from_a_broker_costs_only_itself(conn_pairs) -> None:
     await hub.start()
     pairs = await conn_pairs(2)
     members = [Client(hub, conn, Settings()) for conn, _ in pairs]
-    members[1].structured = True
+    members[1].speaks_json = True
     for member in members:
         hub.register(member)
     now = time.time()

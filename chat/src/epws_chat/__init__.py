@@ -3,17 +3,21 @@
 A :class:`~epws_chat.hub.Hub` owns the rooms and their clients and broadcasts every
 message to a room's members, coalesced per loop iteration; each
 :class:`~epws_chat.client.Client` is one connection, read by its read pump;
-a :class:`~epws_chat.broker.Broker` carries messages between processes (memory by
-default, Redis to share rooms); :mod:`epws_chat.app` holds the HTTP routes and the
-``epws-chat`` command. The library is used through its public API only.
+a :class:`~epws_chat.brokers.Broker` carries messages between processes (memory by
+default, Redis to share rooms). :mod:`epws_chat.server` assembles a running chat
+(:func:`~epws_chat.server.start_chat`) from the public port's HTTP routes
+(:mod:`epws_chat.routes`) and the WebSocket handler (:mod:`epws_chat.session`);
+:mod:`epws_chat.cli` is the ``epws-chat`` command, :mod:`epws_chat.options` its
+options. The library is used through its public API only.
 """
 
 from __future__ import annotations
 
-from .app import Chat, main, start_chat
-from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
+from .cli import main
 from .client import Client, Settings
 from .hub import Hub
+from .server import Chat, start_chat
 
 __all__ = [
     "Broker",

@@ -9,7 +9,7 @@ task of its own, which is what lets one process hold many thousands of connectio
   protocol callback, with no task and no queue per connection);
 * the **write pump** is the hub's batch flush (:meth:`Hub._flush`): once per loop
   iteration it writes everything pending for a room as ONE message, coalesced with
-  ``"\\n"``, to every member; pings go out from one ticker for all clients;
+  ``"\\n"``, to every member; pings are epws's keepalive (no timer per client);
 * the **send buffer** is the connection's outgoing buffer, bounded in bytes
   (``send_buffer x read_limit``); past it the client is evicted.
 
@@ -28,21 +28,19 @@ import contextlib
 import itertools
 import json
 import logging
-import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import epws
 
 from .auth import Identity
-from .broker import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
-from .hub import DEFAULT_ROOM, Hub
+from .brokers import BrokerError, BrokerUnsure, ChatMessage, clean_text, message_id_key
+from .hub import DEFAULT_ROOM, Hub, error_line
+from .limits import TokenBucket
 
 __all__ = ["PROTOCOL", "Client", "Settings", "clean_name", "clean_room", "normalize"]
 
 logger = logging.getLogger("epws_chat.client")
-
-#: When a token bucket was last counted before any message: the first finds it full.
-_NEVER = float("-inf")
 
 #: The subprotocol of JSON clients (the shipped page).
 PROTOCOL = "epws.chat.v1"
@@ -103,10 +101,14 @@ class Settings:
             bytes, ``send_buffer x read_limit``, in the client's outgoing buffer.
         read_limit: largest message accepted, in bytes; a larger one closes the
             connection with 1009 (Go: ``maxMessageSize``, 512).
-        pong_wait: seconds the read deadline lies ahead; only a pong pushes it
-            forward (Go: ``pongWait``, 60 s).
-        ping_period: seconds between pings; must be shorter than ``pong_wait`` so
-            the pong can arrive in time (Go: ``pingPeriod`` = pongWait * 9/10, 54 s).
+        pong_wait: seconds a client may stay without a pong before it is dropped;
+            only a pong counts (Go: ``pongWait``, 60 s, the read deadline that pongs
+            push forward). epws's keepalive does it: ``ping_timeout`` is
+            ``pong_wait - ping_period``, so a client is dropped ``pong_wait`` after the
+            last ping it answered (Go: after its last pong, one round trip later).
+        ping_period: seconds between the (empty) pings; must be shorter than
+            ``pong_wait`` so the pong can arrive in time (Go: ``pingPeriod`` =
+            pongWait * 9/10, 54 s).
         write_wait: seconds a client's outgoing data may stay unsent, and a close
             frame may wait for the peer's answer, before the connection is dropped
             (Go: ``writeWait``, 10 s, the deadline of every write).
@@ -165,31 +167,30 @@ class Client:
         conn: the WebSocket connection.
         room: the room it is in.
         name: its display name ("" for seed-protocol clients).
-        structured: True for ``epws.chat.v1`` (JSON) clients.
-        holding: while its history loads, live messages wait here (else None).
+        speaks_json: True for ``epws.chat.v1`` (JSON) clients.
+        held_for_history: while its history loads, the live messages held back until
+            it is sent (else None).
         identity: what its token says (None: the chat is anonymous).
         watches: True when it asked for presence (``?presence=1``, JSON only): a
             ``presence`` line as it joins, then ``join`` and ``leave`` lines.
     """
 
     __slots__ = (
-        "_by_us",
+        "_bucket",
+        "_closed_by_hub",
+        "_release",
         "_settings",
-        "_stamp",
-        "_strikes",
-        "_tokens",
-        "_told",
+        "address",
         "backlog_since",
         "cid",
         "conn",
-        "dropped",
-        "holding",
+        "held_for_history",
         "hub",
         "identity",
         "label",
         "name",
         "room",
-        "structured",
+        "speaks_json",
         "watches",
     )
 
@@ -203,6 +204,8 @@ class Client:
         name: str = "",
         identity: Identity | None = None,
         watches: bool = False,
+        address: str | None = None,
+        release: Callable[[str], None] | None = None,
     ) -> None:
         self.hub = hub
         self.identity = identity
@@ -210,24 +213,22 @@ class Client:
         self.cid = next(_CONNECTION_IDS)
         self.conn = conn
         self.room = room
-        self.structured = conn.subprotocol == PROTOCOL
-        self.name = name if self.structured else ""
-        self.watches = watches and self.structured
-        self.holding: list[ChatMessage] | None = None
+        self.speaks_json = conn.subprotocol == PROTOCOL
+        self.name = name if self.speaks_json else ""
+        self.watches = watches and self.speaks_json
+        self.held_for_history: list[ChatMessage] | None = None
         #: Loop time since which the outgoing buffer has not been empty (None: empty).
         self.backlog_since: float | None = None
         self._settings = settings  # shared by every client: nothing copied per client
-        self._by_us = False
-        # The token bucket (see Settings.rate): tokens, when they were counted, the
-        # decaying count of dropped messages, and whether the sender was told. Counted
-        # "never" at first, so the first message finds the bucket full; shared
-        # constants until then, so an idle client allocates nothing for it.
-        self._tokens = 0.0
-        self._stamp = _NEVER
-        self._strikes = 0.0
-        self._told = False
-        #: Messages of this client dropped by the rate limit.
-        self.dropped = 0
+        self._closed_by_hub = False
+        # The rate limit (see Settings.rate), made at the first message: most clients
+        # of a chat are idle, and an idle one carries none of it.
+        self._bucket: TokenBucket | None = None
+        #: The client's address as the gate counted it (None: not counted), and the
+        #: gate's release, shared by every client: freed once, as the client goes,
+        #: with no closure per connection.
+        self.address = address
+        self._release = release
         address = conn.remote_address
         if isinstance(address, tuple) and len(address) >= 2:
             host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
@@ -249,13 +250,11 @@ class Client:
         conn.read_limit = settings.read_limit
         conn.on_message = self.read_pump
         conn.on_close = self._closed
-        conn.pong_handler = self._pong
-        conn.set_read_deadline(conn.loop.time() + settings.pong_wait)
-        if self.structured:
-            self.holding = []
-            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+        if self.speaks_json:
+            self.held_for_history = []
+            self._send_hello()
         self.hub.register(self)
-        if self.structured:
+        if self.speaks_json:
             task = conn.loop.create_task(self._send_history(settings.history, after))
             _JOINING.add(task)
             task.add_done_callback(_JOINING.discard)
@@ -264,7 +263,7 @@ class Client:
         """Send the room's recent messages, then release what arrived meanwhile.
 
         Whatever happens (a broker error, a bug, a cancelled task), the held lines are
-        released and the client leaves its holding state: a client stuck there would
+        released and the client stops holding lines back: a client stuck there would
         receive nothing and hold every line of its room for the life of the connection.
 
         Held lines are deduplicated against the ids the history actually returned,
@@ -284,23 +283,20 @@ class Client:
                     stats.resumes["recovered" if page.complete else "incomplete"] += 1
                 if after is not None and not page.complete:
                     lines.append(
-                        json.dumps(
-                            {
-                                "type": "error",
-                                "text": "some messages may be missing: the history no "
-                                "longer holds everything after the last one shown",
-                                "missed": True,
-                            }
+                        error_line(
+                            "some messages may be missing: the history no longer holds "
+                            "everything after the last one shown",
+                            missed=True,
                         )
                     )
         except BrokerError as exc:
-            lines.append(_error_line(f"history unavailable: {exc}"))
+            lines.append(error_line(f"history unavailable: {exc}"))
         except Exception:
             logger.exception("%s: history failed", self)
-            lines.append(_error_line("history unavailable: internal error"))
+            lines.append(error_line("history unavailable: internal error"))
         finally:
-            held = self.holding or []
-            self.holding = None
+            held = self.held_for_history or []
+            self.held_for_history = None
             for message in held:  # subscribed before the history was read: drop overlaps
                 if message_id_key(message.id) > last:
                     lines.append(message.json())
@@ -314,6 +310,15 @@ class Client:
                 {"type": "presence", "room": self.room, "members": members}, ensure_ascii=False
             )
         )
+
+    def _send_hello(self) -> None:
+        """Tell a JSON client its room and the name it goes by: as it joins, and after
+        each rename (the page shows the name the server settled on)."""
+        self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+
+    def _send_error(self, text: str) -> None:
+        """Tell this client something went wrong, in its protocol's words."""
+        self._send_line(error_line(text) if self.speaks_json else f"error: {text}")
 
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
@@ -340,24 +345,18 @@ class Client:
         settings = self._settings
         rate = settings.rate
         if rate:
-            burst = settings.burst
-            limit = settings.abuse_limit
             now = self.conn.loop.time()
-            elapsed = now - self._stamp
-            self._stamp = now
-            tokens = min(burst, self._tokens + elapsed * rate)
-            if tokens < 1.0:
-                self._tokens = tokens
-                self._over_rate(elapsed, rate, limit)
+            bucket = self._bucket
+            if bucket is None:
+                bucket = self._bucket = TokenBucket(now, settings.burst)
+            if not bucket.take(now, rate, settings.burst):
+                self._over_rate(bucket, rate, settings.abuse_limit)
                 return
-            self._tokens = tokens - 1.0
-            self._strikes = max(0.0, self._strikes - elapsed * rate)
-            self._told = False
         if not isinstance(message, str):
             # Go broadcasts the bytes of binary messages as text; decoding keeps the
             # outgoing text frame valid UTF-8.
             message = message.decode("utf-8", "replace")
-        if self.structured:
+        if self.speaks_json:
             text = self._command(message)
             if text is None:
                 return
@@ -366,25 +365,23 @@ class Client:
             clean_text(normalize(message)), room=self.room, name=self.name, sender=self
         )
 
-    def _over_rate(self, elapsed: float, rate: float, limit: float) -> None:
+    def _over_rate(self, bucket: TokenBucket, rate: float, limit: float) -> None:
         """A message over the rate limit: dropped; the sender told once per episode;
         closed with 1008 when the drops keep coming faster than they decay."""
-        self.dropped += 1
         stats = self.hub.stats
         if stats is not None:
             stats.rate_limited += 1
-        self._strikes = max(0.0, self._strikes - elapsed * rate) + 1.0
-        if self._strikes > limit:
-            logger.warning("%s: closed for flooding (%d messages dropped)", self, self.dropped)
+        if bucket.strikes > limit:
+            logger.warning("%s: closed for flooding (%d messages dropped)", self, bucket.dropped)
             if stats is not None:
                 stats.evicted("flood")
             self.hub.unregister(self)
             self.conn.close_nowait(1008, "rate limit exceeded")
             return
-        if not self._told:
-            self._told = True
+        if not bucket.told:
+            bucket.told = True
             text = f"too many messages: at most {rate:g} per second; the excess is dropped"
-            self._send_line(_error_line(text) if self.structured else f"error: {text}")
+            self._send_error(text)
 
     def _command(self, line: str) -> str | None:
         """A JSON client's message: the text to broadcast, or None for a command."""
@@ -397,14 +394,14 @@ class Client:
         kind = command.get("type", "message")
         if kind == "name" and isinstance(command.get("name"), str):
             if self.identity is not None:
-                self._send_line(_error_line("your name comes from your token"))
+                self._send_line(error_line("your name comes from your token"))
                 return None
             self.hub.rename(self, clean_name(command["name"]))
-            self._send_line(json.dumps({"type": "hello", "room": self.room, "name": self.name}))
+            self._send_hello()
             return None
         if kind == "message" and isinstance(command.get("text"), str):
             return str(command["text"])
-        self._send_line(_error_line(f"unknown command {str(kind)[:40]!r}"))
+        self._send_line(error_line(f"unknown command {str(kind)[:40]!r}"))
         return None
 
     def publish_failed(self, error: BrokerError) -> None:
@@ -415,11 +412,7 @@ class Client:
         )
         logger.warning("%s: %s: %s", self, what, error)
         text = f"{what}: {error}"
-        self._send_line(_error_line(text) if self.structured else f"error: {text}")
-
-    def _pong(self, _payload: bytes) -> None:
-        conn = self.conn
-        conn.set_read_deadline(conn.loop.time() + self._settings.pong_wait)
+        self._send_error(text)
 
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
@@ -430,20 +423,26 @@ class Client:
         behind it and waiting for a close reply would only hold the kernel's send
         queue (megabytes) for a peer that is not reading. The reset frees it now.
         """
-        self._by_us = True
+        self._closed_by_hub = True
         conn = self.conn
         conn.close_nowait(None)
         conn.abort()
 
     def _closed(self, exc: epws.ConnectionClosed) -> None:
         self.hub.unregister(self)
+        address = self.address
+        if address is not None and self._release is not None:
+            self.address = None
+            self._release(address)
         # As Go's IsUnexpectedCloseError(err, GoingAway, AbnormalClosure): a close
         # frame the peer sent with any code but 1001 is worth a line. A close that
         # answers our own (eviction) is not the peer's doing.
-        if not self._by_us and epws.is_unexpected_close(exc, 1001, 1006):
+        if not self._closed_by_hub and epws.is_unexpected_close(exc, 1001, 1006):
             level = logging.INFO if exc.code == 1000 else logging.WARNING
             logger.log(level, "%s closed the connection: %s", self, exc)
-        how = "read deadline exceeded" if "read deadline" in exc.cause else f"close code {exc.code}"
+        # epws's keepalive timing out is Go's read deadline (pongWait) passing.
+        timed_out = "keepalive ping timeout" in exc.cause
+        how = "read deadline exceeded" if timed_out else f"close code {exc.code}"
         logger.info("%s disconnected (%s)", self, how)
 
 
@@ -454,17 +453,20 @@ _CONNECTION_IDS = itertools.count(1)
 _JOINING: set[asyncio.Task[None]] = set()
 
 
-def _error_line(text: str) -> str:
-    return json.dumps({"type": "error", "text": text})
-
-
 def accept(
-    hub: Hub, settings: Settings, conn: epws.Conn, identity: Identity | None = None
+    hub: Hub,
+    settings: Settings,
+    conn: epws.Conn,
+    identity: Identity | None = None,
+    *,
+    address: str | None = None,
+    release: Callable[[str], None] | None = None,
 ) -> Client | None:
     """The server's handler (callback mode): make the Client and start it; no task.
 
     With an ``identity`` (a checked token) its ``sub`` is the name; else the
     ``?name=`` the page sends. None when the request names no valid room.
+    ``release(address)`` is called once, as the client goes (the gate's count).
     """
     request = conn.request
     query = request.query if request is not None else {}
@@ -483,13 +485,18 @@ def accept(
             message_id_key(after)  # the brokers' own parser: what passes, Redis takes
         except ValueError:
             after = None
-    if settings.socket_send_buffer:
-        sock = conn.transport.get_extra_info("socket") if conn.transport else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer)
     watches = (query.get("presence") or [""])[0] in ("1", "true")
-    client = Client(hub, conn, settings, room=room, name=name, identity=identity, watches=watches)
-    logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
+    client = Client(
+        hub,
+        conn,
+        settings,
+        room=room,
+        name=name,
+        identity=identity,
+        watches=watches,
+        address=address,
+        release=release,
+    )
+    logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.speaks_json else "")
     client.start(settings, after=after)
     return client

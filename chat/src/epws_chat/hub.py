@@ -28,18 +28,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import epws
 
-from .broker import Broker, BrokerError, ChatMessage, MemoryBroker
+from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
 from .metrics import Counters
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["DEFAULT_ROOM", "Hub", "Room"]
+__all__ = ["DEFAULT_ROOM", "Hub", "Room", "error_line"]
 
 logger = logging.getLogger("epws_chat.hub")
 
@@ -76,7 +77,16 @@ class Hub:
         stats: where the figures are counted (None: not counted, ``--metrics off``).
     """
 
-    __slots__ = ("_loop", "broker", "clients", "rooms", "send_limit", "stats", "write_wait")
+    __slots__ = (
+        "_loop",
+        "_sweeper",
+        "broker",
+        "clients",
+        "rooms",
+        "send_limit",
+        "stats",
+        "write_wait",
+    )
 
     def __init__(
         self,
@@ -93,13 +103,17 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.clients: dict[Client, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver, self.gap)
+        await self.broker.start(self.deliver, self.gap, stats=self.stats)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await self.broker.close()
 
     def __len__(self) -> int:
@@ -253,14 +267,11 @@ class Hub:
         if room is None:
             return
         text = "some messages may be missing: the broker lost messages while it was away"
-        structured = epws.PreparedMessage(
-            epws.MessageType.TEXT,
-            json.dumps({"type": "error", "text": text, "missed": True}),
-        )
+        as_json = epws.PreparedMessage(epws.MessageType.TEXT, error_line(text, missed=True))
         plain = epws.PreparedMessage(epws.MessageType.TEXT, f"error: {text}")
         for client in room.members:
             with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                client.conn.write_prepared_nowait(structured if client.structured else plain)
+                client.conn.write_prepared_nowait(as_json if client.speaks_json else plain)
 
     def _flush(self, room: Room) -> None:
         """Write the room's batch: encoded once per protocol, the same bytes to all."""
@@ -269,34 +280,31 @@ class Hub:
         if not batch:
             return
         plain: epws.PreparedMessage | None = None
-        structured: epws.PreparedMessage | None = None
+        as_json: epws.PreparedMessage | None = None
         limit = self.send_limit
         stuck: list[Client] | None = None
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
-        sent_plain = sent_structured = 0
+        sent_plain = sent_json = 0
         for client in room.members:
-            if client.holding is not None:
-                client.holding.extend(batch)  # history still loading: keep the order
+            if client.held_for_history is not None:
+                client.held_for_history.extend(batch)  # history still loading: keep the order
                 continue
             conn = client.conn
             buffered = conn.buffered_amount
             if buffered:
-                since = client.backlog_since
-                if since is None:
-                    client.backlog_since = since = now
-                if buffered > limit or since < oldest:
+                if _stuck(client, buffered, now, oldest, limit):
                     if stuck is None:
                         stuck = []
                     stuck.append(client)
                     continue
             elif client.backlog_since is not None:
                 client.backlog_since = None
-            if client.structured:
-                if structured is None:
-                    structured = _prepare([m.json() for m in batch], room.name)
-                message = structured
-                sent_structured += 1
+            if client.speaks_json:
+                if as_json is None:
+                    as_json = _prepare([m.json() for m in batch], room.name)
+                message = as_json
+                sent_json += 1
             else:
                 if plain is None:
                     plain = _prepare([m.text for m in batch], room.name)
@@ -310,13 +318,13 @@ class Hub:
                 pass  # closing: its on_close unregisters it
         stats = self.stats
         if stats is not None:  # once per batch, never per recipient
-            sent = sent_plain + sent_structured
+            sent = sent_plain + sent_json
             stats.frames_out += sent
             stats.messages_out += sent * len(batch)
             if plain is not None:
                 stats.bytes_out += sent_plain * len(plain.data)
-            if structured is not None:
-                stats.bytes_out += sent_structured * len(structured.data)
+            if as_json is not None:
+                stats.bytes_out += sent_json * len(as_json.data)
         if stuck is not None:
             for client in stuck:
                 logger.info("evicted %s: send buffer full", client)
@@ -326,18 +334,16 @@ class Hub:
         """Evict clients whose outgoing data has waited longer than ``write_wait``.
 
         Batches check this as they are written; a room that falls silent writes no
-        batch, so the chat's keepalive task calls this every few seconds too. Returns
-        how many clients were evicted.
+        batch, so :meth:`sweep_every` calls this every few seconds too. Returns how
+        many clients were evicted.
         """
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
         stuck: list[Client] = []
         for client in self.clients:
-            if client.conn.buffered_amount:
-                since = client.backlog_since
-                if since is None:
-                    client.backlog_since = now
-                elif since < oldest:
+            buffered = client.conn.buffered_amount
+            if buffered:
+                if _stuck(client, buffered, now, oldest, math.inf):
                     stuck.append(client)
             else:
                 client.backlog_since = None
@@ -346,11 +352,53 @@ class Hub:
             self.evict(client, "write_wait")
         return len(stuck)
 
+    def sweep_every(self, period: float) -> None:
+        """Call :meth:`sweep` every ``period`` seconds from one loop timer, until :meth:`close`.
+
+        A timer, not a task: nothing here awaits. It is re-armed before each sweep, so
+        a sweep that fails (a bug) is logged and the next one still runs.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+
+        def due() -> None:
+            self._sweeper = loop.call_later(period, due)
+            try:
+                self.sweep()
+            except Exception:
+                logger.exception("write-wait sweep failed; the next one runs in %.3g s", period)
+
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = loop.call_later(period, due)
+
+
+def _stuck(client: Client, buffered: int, now: float, oldest: float, limit: float) -> bool:
+    """The backlog rule, for a client with ``buffered`` bytes (not 0) waiting to be sent:
+    stuck when they exceed ``limit`` or the buffer has not once been empty since before
+    ``oldest`` (Go's write deadline). Starts the client's backlog clock at ``now`` if it
+    is not running; whoever sees the buffer empty stops it (``backlog_since = None``).
+
+    Called only for a client with a backlog, so the fan-out loop pays no call for the
+    usual member, whose buffer is empty.
+    """
+    since = client.backlog_since
+    if since is None:
+        client.backlog_since = since = now
+    return buffered > limit or since < oldest
+
+
+def error_line(text: str, *, missed: bool = False) -> str:
+    """An ``epws.chat.v1`` error line; ``missed``: messages may be lost (the page then
+    tells the user that the conversation has a hole)."""
+    if missed:
+        return json.dumps({"type": "error", "text": text, "missed": True})
+    return json.dumps({"type": "error", "text": text})
+
 
 def _prepare(lines: list[str], room: str) -> epws.PreparedMessage:
     """The batch as one frame; a line that cannot be encoded costs only itself.
 
-    Brokers and the read pump clean every text (:func:`~epws_chat.broker.clean_text`),
+    Brokers and the read pump clean every text (:func:`~epws_chat.brokers.clean_text`),
     so this is the last line of defence: one bad line must never lose the innocent
     lines of its batch, for any member.
     """

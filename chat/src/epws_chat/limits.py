@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import epws
 
-__all__ = ["Gate", "RateLimitedLog", "install_log_limits"]
+__all__ = ["Gate", "RateLimitedLog", "TokenBucket", "install_log_limits"]
 
 
 @dataclass(slots=True)
@@ -94,6 +94,45 @@ class Gate:
         else:
             self.by_address.pop(address, None)
         self.total = max(0, self.total - 1)
+
+
+class TokenBucket:
+    """One connection's message rate limit: ``rate`` per second on average, ``burst``
+    at once, and the strikes that tell a burst from abuse.
+
+    Made at a client's first message, so that an idle connection (most of a chat's)
+    carries none of it; full when made, as if it had been counting since the client
+    joined.
+    """
+
+    __slots__ = ("dropped", "stamp", "strikes", "tokens", "told")
+
+    def __init__(self, now: float, burst: int) -> None:
+        self.tokens = float(burst)
+        self.stamp = now
+        #: Dropped messages, decaying at ``rate`` per second (closed past ``abuse_limit``).
+        self.strikes = 0.0
+        #: Whether the sender was told of the current episode of drops.
+        self.told = False
+        #: Messages dropped in all.
+        self.dropped = 0
+
+    def take(self, now: float, rate: float, burst: int) -> bool:
+        """Count one message: True if it may pass, False if it is over the rate (then
+        it is counted as dropped and as a strike)."""
+        elapsed = now - self.stamp
+        self.stamp = now
+        tokens = min(burst, self.tokens + elapsed * rate)
+        decayed = max(0.0, self.strikes - elapsed * rate)
+        if tokens < 1.0:
+            self.tokens = tokens
+            self.strikes = decayed + 1.0
+            self.dropped += 1
+            return False
+        self.tokens = tokens - 1.0
+        self.strikes = decayed
+        self.told = False
+        return True
 
 
 class RateLimitedLog(logging.Filter):

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .broker import BrokerError, message_id_key
+from .brokers import BrokerError, message_id_key
 
 __all__ = ["MAX_BODY", "OpsResponse", "Request", "read_request", "serve_ops"]
 

@@ -290,7 +290,7 @@ def supervise(args: argparse.Namespace, argv: Sequence[str], host: str | None, p
     worker_argv = [*argv, "--addr", addr, "--workers", "1"]
     ops_addr = None
     if args.ops_addr:  # the parent takes the address; each worker a private port
-        from .app import parse_addr
+        from .options import parse_addr
 
         ops_addr = parse_addr(args.ops_addr)
         worker_argv += ["--ops-addr", "127.0.0.1:0"]

@@ -267,7 +267,6 @@ class Connection:
         "_pongs",
         "_server",
         "max_size",
-        "side",
     )
 
     def __init__(
@@ -277,7 +276,7 @@ class Connection:
         max_size: int | None = 1 << 20,
         codec: MessageCodec | None = None,
     ) -> None:
-        self.side = side
+        # The side as one bool: tested on every frame, and the Side is derived from it.
         self._server = side is Side.SERVER
         self.max_size = max_size or 0
         self._codec = codec
@@ -311,6 +310,11 @@ class Connection:
         self._out_frag = 0  # opcode of a fragmented message being sent, 0 if none
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def side(self) -> Side:
+        """``Side.SERVER`` or ``Side.CLIENT``, as given (kept as one bool for the parser)."""
+        return Side.SERVER if self._server else Side.CLIENT
 
     @property
     def state(self) -> State:

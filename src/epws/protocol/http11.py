@@ -329,13 +329,20 @@ class _HeadParser(Generic[_T]):
         # while HTTP/1.0 has no Upgrade and HTTP/2+ never looks like this on the wire.
         if match.group(1) != b"1" or match.group(2) == b"0":
             raise self._fail(f"unsupported HTTP version {version.decode('ascii')}", 505)
-        return version.decode("ascii")
+        # Every request of a connection's life is kept (Conn.request): the usual
+        # spelling costs no string of its own.
+        return _HTTP11 if version == b"HTTP/1.1" else version.decode("ascii")
 
     def _parse_start(self, line: bytes) -> tuple[str, str, str]:
         raise NotImplementedError
 
     def _build(self, start: tuple[str, str, str], headers: Headers) -> _T:
         raise NotImplementedError
+
+
+#: The spellings nearly every upgrade request uses, shared by every Request.
+_GET = "GET"
+_HTTP11 = "HTTP/1.1"
 
 
 class RequestParser(_HeadParser[Request]):
@@ -360,7 +367,8 @@ class RequestParser(_HeadParser[Request]):
             raise self._fail(f"invalid method in request line {_snippet(line)}", 400)
         if not _TARGET_BYTES_RE.fullmatch(target):
             raise self._fail(f"invalid request-target in request line {_snippet(line)}", 400)
-        return method.decode("ascii"), target.decode("ascii"), self._parse_version(version, line)
+        name = _GET if method == b"GET" else method.decode("ascii")
+        return name, target.decode("ascii"), self._parse_version(version, line)
 
     def _build(self, start: tuple[str, str, str], headers: Headers) -> Request:
         return Request(start[0], start[1], start[2], headers)
