@@ -11,12 +11,13 @@ Binary messages are printed as ``[binary N bytes] <hex>``; text bound for a term
 has its control characters escaped, so a server cannot move the cursor or retitle the
 window. The exit status tells how the connection ended: 0 for a normal close
 (1000 or 1001), 1 when it could not be opened, 2 for bad arguments, 3 when it was
-lost without a close frame (1006), 4 for any other close code (shown on stderr),
-130 after Ctrl-C.
+lost without a close frame (1006), 4 for any other close code (shown on stderr):
+the one received, or the one we sent when the connection failed on our side and no
+close frame came back (1011 for a keepalive timeout), 130 after Ctrl-C.
 
-``--ping-interval`` runs a ping loop here in the CLI (a ping every N seconds, the
-connection closed with 1011 when a pong is more than N seconds late), on top of the
-library's keepalive that ``connect()`` runs with its defaults.
+``--ping-interval N`` is the library's keepalive (``ping_interval=N,
+ping_timeout=N``): a ping every N seconds, the connection failed with 1011 when a pong
+is more than N seconds late. Without it ``connect()``'s defaults apply (20 s / 20 s).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="ping every SECONDS; close with 1011 when a pong is that late",
+        help="keepalive: ping every SECONDS, fail with 1011 when a pong is that late (default 20)",
     )
     p.add_argument(
         "--proxy",
@@ -200,19 +201,6 @@ async def _send_lines(conn: Conn, queue: asyncio.Queue[str | None]) -> None:
         await conn.send(line)
 
 
-async def _ping_loop(conn: Conn, interval: float, output: _Output) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        pong = await conn.ping()
-        try:
-            async with asyncio.timeout(interval):
-                await pong
-        except TimeoutError:
-            output.line(f"! no pong within {interval:g} s; closing")
-            await conn.close(1011, "keepalive ping timeout")
-            return
-
-
 async def _receive(conn: Conn, output: _Output, activity: asyncio.Event) -> ConnectionClosed:
     """Print messages until the connection closes; return how it closed."""
     while True:
@@ -252,6 +240,8 @@ async def run(args: argparse.Namespace, headers: list[tuple[str, str]]) -> int:
         "origin": args.origin,
         "read_limit": args.max_size,
     }
+    if args.ping_interval is not None:
+        options["ping_interval"] = options["ping_timeout"] = args.ping_interval
     if args.insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -278,8 +268,6 @@ async def run(args: argparse.Namespace, headers: list[tuple[str, str]]) -> int:
     sender = asyncio.create_task(_send_lines(conn, queue))
     stop = asyncio.create_task(interrupted.wait())
     tasks = [receiver, sender, stop]
-    if args.ping_interval:
-        tasks.append(asyncio.create_task(_ping_loop(conn, args.ping_interval, output)))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if sender.done() and not interrupted.is_set() and args.linger > 0:
@@ -295,6 +283,10 @@ async def run(args: argparse.Namespace, headers: list[tuple[str, str]]) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     code, reason = closed.code, closed.reason
+    if closed.rcvd_code is None and closed.sent_code not in (None, 1000, 1001):
+        # We failed the connection (a keepalive timeout, a protocol error) and no
+        # close frame came back: our code says what happened, 1006 would not.
+        code, reason = closed.sent_code, closed.sent_reason
     if interactive:
         output.out.write(f"\r\x1b[KConnection closed: {code}{' ' + reason if reason else ''}.\n")
         output.out.flush()

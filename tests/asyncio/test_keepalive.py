@@ -346,3 +346,71 @@ async def test_keepalive_parameters_are_checked() -> None:
     for bad in ((0, None), (1, -1)):
         with pytest.raises(ValueError, match="positive"):
             epws.Conn(Connection(Side.CLIENT), ping_interval=bad[0], ping_timeout=bad[1])
+
+
+# ---------------------------------------------------------------- the ping payload
+
+
+async def test_server_ping_payload_is_configurable_and_shared() -> None:
+    """``ping_payload=b""``: the empty pings of gorilla's chat, latency still measured;
+    every connection of the server shares the one settings object (no per-connection
+    copy: memory per connection, issue 9)."""
+    conns: list[epws.Conn] = []
+
+    async def handler(conn: epws.Conn) -> None:
+        conns.append(conn)
+        await conn.wait_closed()
+
+    server = await epws.serve(
+        handler, "127.0.0.1", 0, ping_interval=0.1, ping_timeout=5, ping_payload=b""
+    )
+    try:
+        raws = [await RawClient.connect(server.port) for _ in range(2)]
+        async with asyncio.timeout(5):
+            opcode, _, payload = await raws[0].read_frame()
+            assert (opcode, payload) == (9, b"")
+            raws[0].send(frame(10, b"", mask=True))
+            while conns[0].latency is None:
+                await asyncio.sleep(0.01)  # polling a figure the pong sets
+        assert len(conns) == 2
+        settings = conns[0]._ka
+        assert settings is not None and settings is conns[1]._ka
+        assert settings.payload == b""
+        for raw in raws:
+            raw.close()
+    finally:
+        await server.close(timeout=2.0)
+
+
+async def test_client_ping_payload_is_sent_and_times_the_round_trip() -> None:
+    async def handler(conn: epws.Conn) -> None:
+        await conn.wait_closed()
+
+    server = await epws.serve(handler, "127.0.0.1", 0, ping_interval=None)
+    try:
+        pongs: list[bytes] = []
+        async with epws.connect(
+            f"ws://127.0.0.1:{server.port}/",
+            ping_interval=0.05,
+            ping_timeout=5,
+            ping_payload=b"heartbeat",
+        ) as conn:
+            conn.pong_handler = pongs.append
+            async with asyncio.timeout(5):
+                while conn.latency is None:
+                    await asyncio.sleep(0.01)  # polling a figure the pong sets
+        assert pongs and set(pongs) == {b"heartbeat"}
+    finally:
+        await server.close(timeout=2.0)
+
+
+async def test_ping_payload_is_checked_before_any_socket() -> None:
+    with pytest.raises(ValueError, match="125"):
+        epws.Upgrader(ping_payload=b"x" * 126)
+    with pytest.raises(TypeError, match="bytes"):
+        epws.Dialer(ping_payload="text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        await epws.serve(lambda conn: None, "127.0.0.1", 0, ping_interval=-1)
+    with pytest.raises(ValueError, match="125"):
+        # No server listens there: the check comes before any connection attempt.
+        await epws.connect("ws://127.0.0.1:9/", ping_payload=b"x" * 200)

@@ -244,6 +244,21 @@ async def test_pings_go_out_on_the_ping_period(start) -> None:
         raw.close()
 
 
+async def test_the_keepalive_is_the_librarys_with_the_seed_timings(start) -> None:
+    # No ping loop of the chat's own (no task at all once started): epws pings, with
+    # chat-spec's timings (a ping every ping_period, dropped pong_wait after the last
+    # answered ping) and its empty payload.
+    before = asyncio.all_tasks()
+    chat = await start(Settings())
+    assert asyncio.all_tasks() - before == set()
+    upgrader = chat.server.upgrader
+    assert (upgrader.ping_interval, upgrader.ping_timeout, upgrader.ping_payload) == (
+        54.0,
+        6.0,
+        b"",
+    )
+
+
 async def test_only_pongs_extend_the_read_deadline(start, caplog: pytest.LogCaptureFixture) -> None:
     # A client that keeps chatting but never answers pings is dropped after pong_wait.
     caplog.set_level(logging.INFO, logger="epws_chat")

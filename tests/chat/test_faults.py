@@ -166,8 +166,8 @@ async def test_a_malformed_stream_entry_does_not_freeze_joining_clients(
     try:
         conn = await v1(chat.port, "r")
         lines = Lines(conn)
-        # Before the fix: history() raised JSONDecodeError, the client never left its
-        # holding state and received nothing, not even its own lines.
+        # Before the fix: history() raised JSONDecodeError, the client never stopped
+        # holding live lines back and received nothing, not even its own lines.
         history = await take_messages(lines, 2)
         assert [m["text"] for m in history] == ["good 1", "good 2"]
         await conn.send("live")

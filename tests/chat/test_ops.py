@@ -152,6 +152,28 @@ async def test_metrics_count_what_happened(start) -> None:
         await conn.close()
 
 
+async def test_handshakes_the_library_refuses_are_counted(start) -> None:
+    """Refused by epws itself, before the chat's handler: before Upgrader.on_refusal
+    these never reached the handshake metrics (only 101 and the chat's own refusals)."""
+    chat = await ops_chat(start)
+    port = chat.port
+    upgrade = (
+        "GET /ws HTTP/1.1\nHost: 127.0.0.1:{port}\nUpgrade: websocket\nConnection: Upgrade\n"
+        "Sec-WebSocket-Version: 13\nSec-WebSocket-Key: {key}\n{extra}\n"
+    )
+    good_key = "dGhlIHNhbXBsZSBub25jZQ=="
+    for request_text, status in (
+        ("GET /ws HTTP/1.1\nHost: 127.0.0.1\n\n", 426),  # not an upgrade
+        (upgrade.format(port=port, key="dG9vIHNob3J0", extra=""), 400),  # bad key
+        (upgrade.format(port=port, key=good_key, extra="Origin: https://evil.example\n"), 403),
+        ("NOT HTTP AT ALL\n\n", 400),  # malformed
+    ):
+        got, _, _ = await http(port, request_text)
+        assert got == status
+    status, stats = await call(chat, "GET", "/api/stats")
+    assert stats["handshakes"] == {"400": 2, "403": 1, "426": 1}
+
+
 async def test_metrics_off_counts_nothing(start) -> None:
     chat = await ops_chat(start, metrics=False)
     assert chat.hub.stats is None

@@ -44,9 +44,9 @@ async def v1(port: int, room: str, **query: str) -> epws.Conn:
 class Lines:
     """The lines a client receives (coalesced frames split on newlines)."""
 
-    def __init__(self, conn: epws.Conn, *, structured: bool = True) -> None:
+    def __init__(self, conn: epws.Conn, *, speaks_json: bool = True) -> None:
         self.conn = conn
-        self.structured = structured
+        self.speaks_json = speaks_json
         self.pending: list[Any] = []
 
     async def take(self, n: int, timeout: float = 10) -> list[Any]:
@@ -55,7 +55,7 @@ class Lines:
                 frame = await self.conn.recv()
                 assert isinstance(frame, str)
                 for line in frame.split("\n"):
-                    self.pending.append(json.loads(line) if self.structured else line)
+                    self.pending.append(json.loads(line) if self.speaks_json else line)
         out, self.pending = self.pending[:n], self.pending[n:]
         return out
 
@@ -105,7 +105,7 @@ async def test_two_processes_share_a_room_in_one_order_and_rooms_are_isolated(
     a1, a2, b1 = await v1(a.port, "dev"), await v1(a.port, "dev"), await v1(b.port, "dev")
     b2 = await epws.connect(f"ws://127.0.0.1:{b.port}/ws?room=dev")  # the seed's protocol
     other = await v1(b.port, "other")
-    readers = [Lines(a1), Lines(a2), Lines(b1), Lines(b2, structured=False)]
+    readers = [Lines(a1), Lines(a2), Lines(b1), Lines(b2, speaks_json=False)]
 
     async def send(conn: epws.Conn, tag: str) -> None:
         for i in range(15):
@@ -141,7 +141,7 @@ async def test_two_processes_share_a_room_in_one_order_and_rooms_are_isolated(
 async def test_history_survives_a_restart_of_every_process(chats) -> None:
     a, b = await chats(2, "--history", "5")
     sender = await epws.connect(f"ws://127.0.0.1:{a.port}/ws?room=log")
-    reader = Lines(sender, structured=False)
+    reader = Lines(sender, speaks_json=False)
     for i in range(7):
         await sender.send(f"line {i}")
     assert await reader.take(7) == [f"line {i}" for i in range(7)]
@@ -172,7 +172,7 @@ async def test_killing_redis_mid_chat_errors_back_then_resumes(
     try:
         ja = await v1(a.port, "dev")
         pb = await epws.connect(f"ws://127.0.0.1:{b.port}/ws?room=dev")
-        la, lb = Lines(ja), Lines(pb, structured=False)
+        la, lb = Lines(ja), Lines(pb, speaks_json=False)
         await pb.send("before")
         assert [m["text"] for m in await take_messages(la, 1)] == ["before"]
         assert await lb.take(1) == ["before"]

@@ -42,7 +42,7 @@ async def test_a_bad_line_from_a_broker_costs_only_itself(conn_pairs) -> None:
     await hub.start()
     pairs = await conn_pairs(2)
     members = [Client(hub, conn, Settings()) for conn, _ in pairs]
-    members[1].structured = True
+    members[1].speaks_json = True
     for member in members:
         hub.register(member)
     now = time.time()

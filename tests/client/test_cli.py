@@ -16,6 +16,7 @@ import trustme
 
 import epws
 from epws import Request
+from epws.asyncio.keepalive import KEEPALIVE_PAYLOAD
 from epws.cli import render
 
 from . import proxies
@@ -190,6 +191,8 @@ async def test_ping_interval_pings_and_closes_a_silent_peer() -> None:
             await proc.communicate(b"")
         assert proc.returncode == 0
     assert len(pings) >= 3
+    # The library's keepalive pings, not a loop of the CLI's own (4 random bytes each).
+    assert set(pings) == {KEEPALIVE_PAYLOAD}
 
     # A peer that never answers pings: closed with 1011 after interval + interval.
     async def deaf(reader, writer, req):

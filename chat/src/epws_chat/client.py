@@ -9,7 +9,7 @@ task of its own, which is what lets one process hold many thousands of connectio
   protocol callback, with no task and no queue per connection);
 * the **write pump** is the hub's batch flush (:meth:`Hub._flush`): once per loop
   iteration it writes everything pending for a room as ONE message, coalesced with
-  ``"\\n"``, to every member; pings go out from one ticker for all clients;
+  ``"\\n"``, to every member; pings are epws's keepalive (no timer per client);
 * the **send buffer** is the connection's outgoing buffer, bounded in bytes
   (``send_buffer x read_limit``); past it the client is evicted.
 
@@ -101,10 +101,14 @@ class Settings:
             bytes, ``send_buffer x read_limit``, in the client's outgoing buffer.
         read_limit: largest message accepted, in bytes; a larger one closes the
             connection with 1009 (Go: ``maxMessageSize``, 512).
-        pong_wait: seconds the read deadline lies ahead; only a pong pushes it
-            forward (Go: ``pongWait``, 60 s).
-        ping_period: seconds between pings; must be shorter than ``pong_wait`` so
-            the pong can arrive in time (Go: ``pingPeriod`` = pongWait * 9/10, 54 s).
+        pong_wait: seconds a client may stay without a pong before it is dropped;
+            only a pong counts (Go: ``pongWait``, 60 s, the read deadline that pongs
+            push forward). epws's keepalive does it: ``ping_timeout`` is
+            ``pong_wait - ping_period``, so a client is dropped ``pong_wait`` after the
+            last ping it answered (Go: after its last pong, one round trip later).
+        ping_period: seconds between the (empty) pings; must be shorter than
+            ``pong_wait`` so the pong can arrive in time (Go: ``pingPeriod`` =
+            pongWait * 9/10, 54 s).
         write_wait: seconds a client's outgoing data may stay unsent, and a close
             frame may wait for the peer's answer, before the connection is dropped
             (Go: ``writeWait``, 10 s, the deadline of every write).
@@ -163,8 +167,9 @@ class Client:
         conn: the WebSocket connection.
         room: the room it is in.
         name: its display name ("" for seed-protocol clients).
-        structured: True for ``epws.chat.v1`` (JSON) clients.
-        holding: while its history loads, live messages wait here (else None).
+        speaks_json: True for ``epws.chat.v1`` (JSON) clients.
+        held_for_history: while its history loads, the live messages held back until
+            it is sent (else None).
         identity: what its token says (None: the chat is anonymous).
         watches: True when it asked for presence (``?presence=1``, JSON only): a
             ``presence`` line as it joins, then ``join`` and ``leave`` lines.
@@ -172,20 +177,20 @@ class Client:
 
     __slots__ = (
         "_bucket",
-        "_by_us",
+        "_closed_by_hub",
         "_release",
         "_settings",
         "address",
         "backlog_since",
         "cid",
         "conn",
-        "holding",
+        "held_for_history",
         "hub",
         "identity",
         "label",
         "name",
         "room",
-        "structured",
+        "speaks_json",
         "watches",
     )
 
@@ -208,14 +213,14 @@ class Client:
         self.cid = next(_CONNECTION_IDS)
         self.conn = conn
         self.room = room
-        self.structured = conn.subprotocol == PROTOCOL
-        self.name = name if self.structured else ""
-        self.watches = watches and self.structured
-        self.holding: list[ChatMessage] | None = None
+        self.speaks_json = conn.subprotocol == PROTOCOL
+        self.name = name if self.speaks_json else ""
+        self.watches = watches and self.speaks_json
+        self.held_for_history: list[ChatMessage] | None = None
         #: Loop time since which the outgoing buffer has not been empty (None: empty).
         self.backlog_since: float | None = None
         self._settings = settings  # shared by every client: nothing copied per client
-        self._by_us = False
+        self._closed_by_hub = False
         # The rate limit (see Settings.rate), made at the first message: most clients
         # of a chat are idle, and an idle one carries none of it.
         self._bucket: TokenBucket | None = None
@@ -245,13 +250,11 @@ class Client:
         conn.read_limit = settings.read_limit
         conn.on_message = self.read_pump
         conn.on_close = self._closed
-        conn.pong_handler = self._pong
-        conn.set_read_deadline(conn.loop.time() + settings.pong_wait)
-        if self.structured:
-            self.holding = []
+        if self.speaks_json:
+            self.held_for_history = []
             self._send_hello()
         self.hub.register(self)
-        if self.structured:
+        if self.speaks_json:
             task = conn.loop.create_task(self._send_history(settings.history, after))
             _JOINING.add(task)
             task.add_done_callback(_JOINING.discard)
@@ -260,7 +263,7 @@ class Client:
         """Send the room's recent messages, then release what arrived meanwhile.
 
         Whatever happens (a broker error, a bug, a cancelled task), the held lines are
-        released and the client leaves its holding state: a client stuck there would
+        released and the client stops holding lines back: a client stuck there would
         receive nothing and hold every line of its room for the life of the connection.
 
         Held lines are deduplicated against the ids the history actually returned,
@@ -292,8 +295,8 @@ class Client:
             logger.exception("%s: history failed", self)
             lines.append(error_line("history unavailable: internal error"))
         finally:
-            held = self.holding or []
-            self.holding = None
+            held = self.held_for_history or []
+            self.held_for_history = None
             for message in held:  # subscribed before the history was read: drop overlaps
                 if message_id_key(message.id) > last:
                     lines.append(message.json())
@@ -315,7 +318,7 @@ class Client:
 
     def _send_error(self, text: str) -> None:
         """Tell this client something went wrong, in its protocol's words."""
-        self._send_line(error_line(text) if self.structured else f"error: {text}")
+        self._send_line(error_line(text) if self.speaks_json else f"error: {text}")
 
     def _send_line(self, text: str) -> None:
         with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
@@ -353,7 +356,7 @@ class Client:
             # Go broadcasts the bytes of binary messages as text; decoding keeps the
             # outgoing text frame valid UTF-8.
             message = message.decode("utf-8", "replace")
-        if self.structured:
+        if self.speaks_json:
             text = self._command(message)
             if text is None:
                 return
@@ -411,10 +414,6 @@ class Client:
         text = f"{what}: {error}"
         self._send_error(text)
 
-    def _pong(self, _payload: bytes) -> None:
-        conn = self.conn
-        conn.set_read_deadline(conn.loop.time() + self._settings.pong_wait)
-
     def evicted(self) -> None:
         """The hub gave up on this client: an empty close frame, as the Go write pump
         sends when its channel is closed, then TCP goes at once (a reset).
@@ -424,7 +423,7 @@ class Client:
         behind it and waiting for a close reply would only hold the kernel's send
         queue (megabytes) for a peer that is not reading. The reset frees it now.
         """
-        self._by_us = True
+        self._closed_by_hub = True
         conn = self.conn
         conn.close_nowait(None)
         conn.abort()
@@ -438,10 +437,12 @@ class Client:
         # As Go's IsUnexpectedCloseError(err, GoingAway, AbnormalClosure): a close
         # frame the peer sent with any code but 1001 is worth a line. A close that
         # answers our own (eviction) is not the peer's doing.
-        if not self._by_us and epws.is_unexpected_close(exc, 1001, 1006):
+        if not self._closed_by_hub and epws.is_unexpected_close(exc, 1001, 1006):
             level = logging.INFO if exc.code == 1000 else logging.WARNING
             logger.log(level, "%s closed the connection: %s", self, exc)
-        how = "read deadline exceeded" if "read deadline" in exc.cause else f"close code {exc.code}"
+        # epws's keepalive timing out is Go's read deadline (pongWait) passing.
+        timed_out = "keepalive ping timeout" in exc.cause
+        how = "read deadline exceeded" if timed_out else f"close code {exc.code}"
         logger.info("%s disconnected (%s)", self, how)
 
 
@@ -496,6 +497,6 @@ def accept(
         address=address,
         release=release,
     )
-    logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.structured else "")
+    logger.info("%s connected (room %s%s)", client, room, ", JSON" if client.speaks_json else "")
     client.start(settings, after=after)
     return client

@@ -79,7 +79,16 @@ class Hub:
         stats: where the figures are counted (None: not counted, ``--metrics off``).
     """
 
-    __slots__ = ("_loop", "broker", "clients", "rooms", "send_limit", "stats", "write_wait")
+    __slots__ = (
+        "_loop",
+        "_sweeper",
+        "broker",
+        "clients",
+        "rooms",
+        "send_limit",
+        "stats",
+        "write_wait",
+    )
 
     def __init__(
         self,
@@ -96,6 +105,7 @@ class Hub:
         self.rooms: dict[str, Room] = {}
         self.clients: dict[Client, None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
@@ -103,6 +113,9 @@ class Hub:
         await self.broker.start(self.deliver, self.gap, stats=self.stats, presence=self)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         await self.broker.close()
 
     def __len__(self) -> int:
@@ -278,11 +291,11 @@ class Hub:
         if room is None:
             return
         text = "some messages may be missing: the broker lost messages while it was away"
-        structured = epws.PreparedMessage(epws.MessageType.TEXT, error_line(text, missed=True))
+        as_json = epws.PreparedMessage(epws.MessageType.TEXT, error_line(text, missed=True))
         plain = epws.PreparedMessage(epws.MessageType.TEXT, f"error: {text}")
         for client in room.members:
             with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                client.conn.write_prepared_nowait(structured if client.structured else plain)
+                client.conn.write_prepared_nowait(as_json if client.speaks_json else plain)
 
     def _flush(self, room: Room) -> None:
         """Write the room's batch: encoded once per protocol, the same bytes to all."""
@@ -291,15 +304,15 @@ class Hub:
         if not batch:
             return
         plain: epws.PreparedMessage | None = None
-        structured: epws.PreparedMessage | None = None
+        as_json: epws.PreparedMessage | None = None
         limit = self.send_limit
         stuck: list[Client] | None = None
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
-        sent_plain = sent_structured = 0
+        sent_plain = sent_json = 0
         for client in room.members:
-            if client.holding is not None:
-                client.holding.extend(batch)  # history still loading: keep the order
+            if client.held_for_history is not None:
+                client.held_for_history.extend(batch)  # history still loading: keep the order
                 continue
             conn = client.conn
             buffered = conn.buffered_amount
@@ -311,11 +324,11 @@ class Hub:
                     continue
             elif client.backlog_since is not None:
                 client.backlog_since = None
-            if client.structured:
-                if structured is None:
-                    structured = _prepare([m.json() for m in batch], room.name)
-                message = structured
-                sent_structured += 1
+            if client.speaks_json:
+                if as_json is None:
+                    as_json = _prepare([m.json() for m in batch], room.name)
+                message = as_json
+                sent_json += 1
             else:
                 if plain is None:
                     plain = _prepare([m.text for m in batch], room.name)
@@ -329,13 +342,13 @@ class Hub:
                 pass  # closing: its on_close unregisters it
         stats = self.stats
         if stats is not None:  # once per batch, never per recipient
-            sent = sent_plain + sent_structured
+            sent = sent_plain + sent_json
             stats.frames_out += sent
             stats.messages_out += sent * len(batch)
             if plain is not None:
                 stats.bytes_out += sent_plain * len(plain.data)
-            if structured is not None:
-                stats.bytes_out += sent_structured * len(structured.data)
+            if as_json is not None:
+                stats.bytes_out += sent_json * len(as_json.data)
         if stuck is not None:
             for client in stuck:
                 logger.info("evicted %s: send buffer full", client)
@@ -345,8 +358,8 @@ class Hub:
         """Evict clients whose outgoing data has waited longer than ``write_wait``.
 
         Batches check this as they are written; a room that falls silent writes no
-        batch, so the chat's keepalive task calls this every few seconds too. Returns
-        how many clients were evicted.
+        batch, so :meth:`sweep_every` calls this every few seconds too. Returns how
+        many clients were evicted.
         """
         now = (self._loop or asyncio.get_running_loop()).time()
         oldest = now - self.write_wait
@@ -362,6 +375,25 @@ class Hub:
             logger.info("evicted %s: nothing sent for %.3g s", client, self.write_wait)
             self.evict(client, "write_wait")
         return len(stuck)
+
+    def sweep_every(self, period: float) -> None:
+        """Call :meth:`sweep` every ``period`` seconds from one loop timer, until :meth:`close`.
+
+        A timer, not a task: nothing here awaits. It is re-armed before each sweep, so
+        a sweep that fails (a bug) is logged and the next one still runs.
+        """
+        loop = self._loop or asyncio.get_running_loop()
+
+        def due() -> None:
+            self._sweeper = loop.call_later(period, due)
+            try:
+                self.sweep()
+            except Exception:
+                logger.exception("write-wait sweep failed; the next one runs in %.3g s", period)
+
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = loop.call_later(period, due)
 
 
 def _stuck(client: Client, buffered: int, now: float, oldest: float, limit: float) -> bool:

@@ -1,6 +1,6 @@
 """A running chat server, assembled: :func:`start_chat` puts the hub, the WebSocket
-server (:mod:`epws_chat.session`, :mod:`epws_chat.routes`), the keepalive and the ops
-listener (:mod:`epws_chat.ops`) together on the running loop, and :class:`Chat` holds
+server (:mod:`epws_chat.session`, :mod:`epws_chat.routes`), the write-wait sweep and
+the ops listener (:mod:`epws_chat.ops`) together on the running loop, and :class:`Chat` holds
 them and closes them in order.
 
 Unlike the Go original, which has no shutdown path, :meth:`Chat.close` closes every
@@ -29,7 +29,7 @@ from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
 from .metrics import ChatCollector, Counters, render
 from .ops import Routes, serve_ops
 from .routes import STATIC_DIR, make_process_request
-from .session import keepalive, make_expiry, make_handler, make_upgrader
+from .session import make_expiry, make_handler, make_upgrader
 
 __all__ = ["Chat", "make_routes", "start_chat"]
 
@@ -42,7 +42,6 @@ class Chat:
     hub: Hub
     settings: Settings
     scheme: str
-    pinger: asyncio.Task[None]
     gate: Gate
     log_filters: list[RateLimitedLog]
     expiry: ExpiryQueue
@@ -94,7 +93,6 @@ class Chat:
                 conn.abort()
 
         timer = loop.call_later(timeout, drop_all)
-        self.pinger.cancel()
         self.expiry.close()
         for log_filter, name in zip(self.log_filters, FLOODABLE, strict=False):
             logging.getLogger(name).removeFilter(log_filter)
@@ -141,7 +139,7 @@ async def start_chat(
         make_handler(hub, settings, gate, auth, stats, expiry),
         host,
         None if sock is not None else port,
-        upgrader=make_upgrader(settings),
+        upgrader=make_upgrader(settings, stats),
         process_request=make_process_request(
             static_dir, gate, auth, stats, lambda: chat.not_ready()
         ),
@@ -158,10 +156,11 @@ async def start_chat(
                 listening.setsockopt(
                     socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer
                 )
-    pinger = asyncio.get_running_loop().create_task(keepalive(hub, settings))
+    # Go's write deadline in a room that fell silent (no batch checks it there).
+    hub.sweep_every(settings.write_wait / 2)
     filters = install_log_limits(log_rate) if log_rate > 0 else []
     scheme = "https" if ssl_context is not None else "http"
-    chat = Chat(server, hub, settings, scheme, pinger, gate, filters, expiry, stats)
+    chat = Chat(server, hub, settings, scheme, gate, filters, expiry, stats)
     if ops_addr is not None:
         chat.ops = await serve_ops(make_routes(chat, api_key), *ops_addr)
     return chat

@@ -1,5 +1,6 @@
-"""The WebSocket side of the chat: the upgrade's settings, the handler each upgraded
-connection runs, the token-expiry eviction and the keepalive shared by every client.
+"""The WebSocket side of the chat: the upgrade's settings (the seed's keepalive among
+them, run by epws), the handler each upgraded connection runs, the token-expiry
+eviction.
 
 The handler admits a connection (token, per-address cap), hands it to
 :func:`~epws_chat.client.accept` (which starts its read pump in the hub) and frees its
@@ -9,8 +10,6 @@ place in the gate when it closes. What is refused before the upgrade is decided 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -23,23 +22,40 @@ from .limits import Gate
 from .metrics import Counters
 from .routes import identify
 
-__all__ = ["keepalive", "make_expiry", "make_handler", "make_upgrader"]
+__all__ = ["make_expiry", "make_handler", "make_upgrader"]
 
 # The per-connection logger that --log-rate bounds (limits.FLOODABLE).
 logger = logging.getLogger("epws_chat")
 
 
-def make_upgrader(settings: Settings) -> epws.Upgrader:
-    """The upgrade as the Go original does it, with the chat's limits."""
+def make_upgrader(settings: Settings, stats: Counters | None = None) -> epws.Upgrader:
+    """The upgrade as the Go original does it, with the chat's limits.
+
+    The handshakes the library refuses by itself (a malformed request: 400, not an
+    upgrade: 426, another site's page: 403, ...) are counted in ``stats`` by their
+    status, like the ones the chat refuses (:mod:`epws_chat.routes`) and accepts.
+    """
+    on_refusal = None
+    if stats is not None:
+        count = stats.handshake
+
+        def on_refusal(error: epws.HandshakeError, request: epws.Request | None) -> None:
+            count(error.status)
+
     return epws.Upgrader(
         check_origin=None,  # the same-origin check, as gorilla's nil CheckOrigin
         subprotocols=[PROTOCOL],
         read_limit=settings.read_limit,
         close_timeout=settings.write_wait,
         compression=None,  # as the Go original: lines are short, CPU is the budget
-        # The chat keeps the seed's keepalive (keepalive below: an empty ping every
-        # ping_period, a read deadline pong_wait ahead), not the library's.
-        ping_interval=None,
+        # The seed's keepalive on the library's: an empty ping every ping_period, and a
+        # client whose pong does not come within pong_wait - ping_period dropped, which
+        # is pong_wait after the last ping it answered (Go: a read deadline pong_wait
+        # ahead, pushed only by pongs, so pong_wait after the last pong).
+        ping_interval=settings.ping_period,
+        ping_timeout=settings.pong_wait - settings.ping_period,
+        ping_payload=b"",
+        on_refusal=on_refusal,
     )
 
 
@@ -95,37 +111,3 @@ def make_handler(
             expiry.add(client, identity.expires)
 
     return handler
-
-
-async def keepalive(hub: Hub, settings: Settings) -> None:
-    """Go's per-client ticker and write deadline, as one timer for every client.
-
-    Every ping period each client gets an empty ping (clients that joined since the
-    last one get theirs within a period, as in Go; the pong wait is longer either way).
-    Between pings, the hub's sweep drops clients whose outgoing data has waited longer
-    than ``write_wait`` (Go's write deadline), even in a room that fell silent.
-    """
-    loop = asyncio.get_running_loop()
-    step = min(settings.ping_period, settings.write_wait / 2)
-    next_ping = loop.time() + settings.ping_period
-    failures = 0
-    while True:
-        await asyncio.sleep(step)
-        # Supervised: an unexpected error is logged and the next round runs anyway.
-        # Without this one bug would stop every ping and sweep, silently, forever.
-        try:
-            hub.sweep()
-            if loop.time() < next_ping:
-                continue
-            next_ping += settings.ping_period
-            for client in list(hub.clients):
-                conn = client.conn
-                if not conn.closed:
-                    with contextlib.suppress(epws.ConnectionClosed, epws.InvalidState):
-                        await conn.ping(b"")
-            failures = 0
-        except Exception:
-            failures += 1
-            logger.exception("keepalive round failed (%d in a row); going on", failures)
-            if loop.time() >= next_ping:
-                next_ping = loop.time() + settings.ping_period

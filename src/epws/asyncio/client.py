@@ -29,6 +29,7 @@ from ..protocol.handshake import build_request, check_response, generate_key
 from ..protocol.http11 import Response, ResponseParser
 from ..protocol.uri import parse_uri
 from .conn import Conn
+from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
 from .proxy import open_via_proxy, select_proxy
 
 __all__ = ["Backoff", "Dialer", "connect", "is_transient", "unix_connect"]
@@ -52,8 +53,8 @@ class Dialer:
         handshake_timeout: seconds for TCP, proxy, TLS and the HTTP exchange together
             (each redirect gets its own).
         ssl: the TLS context for ``wss://`` URLs (default: ``ssl.create_default_context()``).
-        read_limit, max_queue, write_limit, close_timeout, ping_interval, ping_timeout:
-            as on :class:`~epws.Upgrader`.
+        read_limit, max_queue, write_limit, close_timeout, ping_interval, ping_timeout,
+        ping_payload: as on :class:`~epws.Upgrader`.
         compression: permessage-deflate settings (:class:`~epws.PerMessageDeflate`;
             offered by default, as browsers do), or None to offer nothing.
         proxy: a proxy URL (``http://``, ``https://``, ``socks5://``, ``socks5h://``,
@@ -74,10 +75,15 @@ class Dialer:
     close_timeout: float = 10.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    ping_payload: bytes = KEEPALIVE_PAYLOAD
     compression: Any = field(default_factory=PerMessageDeflate)
     proxy: str | bool | None = True
     proxy_ssl: ssl_module.SSLContext | None = None
     max_redirects: int = 10
+
+    def __post_init__(self) -> None:
+        # A bad keepalive value fails here, at connect(), before any socket is opened.
+        keepalive_settings(self.ping_interval, self.ping_timeout, self.ping_payload)
 
     async def dial(self, url: str, *, unix_path: str | None = None) -> Conn:
         """Connect to ``url`` (``ws://`` or ``wss://``) and return the open connection.
@@ -195,6 +201,7 @@ class Dialer:
             close_timeout=self.close_timeout,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
+            ping_payload=self.ping_payload,
             subprotocol=subprotocol,
             response=response,
         )

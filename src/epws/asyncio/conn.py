@@ -47,12 +47,13 @@ from ..prepared import PreparedMessage
 from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
 from ..protocol.frames import MessageType
 from .deadlines import queue_for
+from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
 from .messages import FULL, WRITING, YIELD_EVENTS, Inbound
 
 if TYPE_CHECKING:
     from ..protocol.http11 import Request, Response
 
-__all__ = ["Conn", "MessageType", "MessageWriter", "broadcast"]
+__all__ = ["KEEPALIVE_PAYLOAD", "Conn", "MessageType", "MessageWriter", "broadcast"]
 
 logger = logging.getLogger("epws")
 
@@ -61,10 +62,6 @@ _OK_CODES = (1000, 1001, 1005)
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops the queue
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
-#: The payload of keepalive pings: not 4 bytes (what :meth:`Conn.ping` makes by
-#: default) nor empty (what gorilla's chat sends), so the app's pings and the
-#: keepalive's never answer for each other.
-KEEPALIVE_PAYLOAD = b"epws keepalive"
 #: Seconds: how early a due time may be acted on (as in deadlines.py: asyncio's timers
 #: run up to about a millisecond early).
 _EARLY = 0.001
@@ -110,12 +107,14 @@ class Conn(asyncio.Protocol):
         on_close: called once with the :class:`~epws.ConnectionClosed` that describes
             the end, when TCP is gone (how callback mode learns that a connection ended).
 
-    Keepalive (``ping_interval``, ``ping_timeout``; see docs/keepalive.md): a ping
-    every ``ping_interval`` seconds, one at a time; no pong (of any payload) within
-    ``ping_timeout`` seconds fails the connection with 1011 and drops TCP, whether or
-    not the application reads. It costs no timer and no task: the connection's next
-    keepalive event and its read deadline share its one entry in the loop's deadline
-    queue (deadlines.py).
+    Keepalive (``ping_interval``, ``ping_timeout``, ``ping_payload``; see
+    docs/keepalive.md): a ping of ``ping_payload`` every ``ping_interval`` seconds, one
+    at a time; no pong (of any payload) within ``ping_timeout`` seconds fails the
+    connection with 1011 and drops TCP, whether or not the application reads. It costs
+    no timer and no task: the connection's next keepalive event and its read deadline
+    share its one entry in the loop's deadline queue (deadlines.py), and the settings
+    are one ``Keepalive`` (epws.asyncio.keepalive) shared by every connection that
+    has the same (keepalive.py).
     """
 
     __slots__ = (
@@ -125,10 +124,9 @@ class Conn(asyncio.Protocol):
         "_drain_waiters",
         "_error",
         "_inbound",
+        "_ka",
         "_ka_at",
-        "_ka_interval",
         "_ka_sent",
-        "_ka_timeout",
         "_ka_waiting",
         "_late_pong",
         "_latency",
@@ -168,6 +166,7 @@ class Conn(asyncio.Protocol):
         response: Response | None = None,
         ping_interval: float | None = None,
         ping_timeout: float | None = None,
+        ping_payload: bytes = KEEPALIVE_PAYLOAD,
     ) -> None:
         self._proto = proto
         self.loop = asyncio.get_running_loop()
@@ -196,12 +195,11 @@ class Conn(asyncio.Protocol):
         # application's read deadline and the next keepalive event.
         self._read_deadline: float | None = None
         self._user_deadline: float | None = None  # set_read_deadline's
-        # Keepalive: its interval (None: off) and timeout, two slots rather than a
-        # tuple, which would be one more object per connection; when the next keepalive
-        # event is due; when the last keepalive ping went out; whether its pong is
-        # still awaited.
-        self._ka_interval: float | None = None
-        self._ka_timeout: float | None = None
+        # Keepalive: its settings (None: off), shared with every connection that has
+        # the same (keepalive.py, issue 9: no per-connection copy); when the next
+        # keepalive event is due; when the last keepalive ping went out; whether its
+        # pong is still awaited.
+        ka = self._ka = keepalive_settings(ping_interval, ping_timeout, ping_payload)
         self._ka_at: float | None = None
         self._ka_sent = _NEVER
         self._ka_waiting = False
@@ -220,14 +218,10 @@ class Conn(asyncio.Protocol):
         # Corked writes: frames written during one loop iteration go out in one call.
         self._wpending: list[bytes] | None = None
         self._wpending_size = 0
-        if ping_interval is not None:
-            if ping_interval <= 0 or (ping_timeout is not None and ping_timeout <= 0):
-                raise ValueError("ping_interval and ping_timeout must be positive (or None)")
-            self._ka_interval = ping_interval
-            self._ka_timeout = ping_timeout
+        if ka is not None:
             # The handshake just proved the peer alive: the first ping is due after one
             # interval (_ka_sent stays _NEVER until then).
-            self._ka_at = self.loop.time() + ping_interval
+            self._ka_at = self.loop.time() + ka.interval
             self._arm_deadline()
 
     # ------------------------------------------------------------ properties
@@ -1068,12 +1062,13 @@ class Conn(asyncio.Protocol):
         One keepalive ping at a time: while one waits for its pong no other is sent, so
         pings never pile up behind data when the peer reads slowly.
         """
-        interval = self._ka_interval
-        if interval is None or self._closed or self._proto.close_sent is not None:
+        ka = self._ka
+        if ka is None or self._closed or self._proto.close_sent is not None:
             # Closing: close_timeout bounds the rest.
             self._ka_at = None
             return
-        timeout = self._ka_timeout
+        interval = ka.interval
+        timeout = ka.timeout
         sent = self._ka_sent
         if self._ka_waiting:
             if timeout is not None and sent + timeout <= due:
@@ -1090,7 +1085,7 @@ class Conn(asyncio.Protocol):
         self._ka_sent = now
         self._ka_waiting = True
         self._ka_at = now + (timeout if timeout is not None else interval)
-        self._write(self._proto.send_ping(KEEPALIVE_PAYLOAD))
+        self._write(self._proto.send_ping(ka.payload))
 
     def _keepalive_failed(self) -> None:
         """No pong within ping_timeout: 1011, then drop TCP without waiting for the peer.
@@ -1118,13 +1113,14 @@ class Conn(asyncio.Protocol):
             self._ka_waiting = False
             now = self.loop.time()
             sent = self._ka_sent
-            if payload == KEEPALIVE_PAYLOAD:
-                self._latency = now - sent
-            interval = self._ka_interval
-            ka = self._ka_at
-            if interval is not None and ka is not None and sent + interval < ka:
-                self._ka_at = sent + interval  # interval < timeout: ping sooner
-                self._arm_deadline()
+            ka = self._ka
+            if ka is not None:
+                if payload == ka.payload:
+                    self._latency = now - sent
+                at = self._ka_at
+                if at is not None and sent + ka.interval < at:
+                    self._ka_at = sent + ka.interval  # interval < timeout: ping sooner
+                    self._arm_deadline()
         pings = self._pings
         if pings and payload in pings:
             # A pong acknowledges its ping and every earlier one (RFC 6455 §5.5.3).

@@ -35,6 +35,7 @@ from ..protocol.handshake import (
 )
 from ..protocol.http11 import Request, RequestParser, build_http_response
 from .conn import Conn
+from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
 
 __all__ = ["HTTPResponse", "Server", "Upgrader", "serve", "unix_serve"]
 
@@ -87,11 +88,24 @@ class Upgrader:
             default, see docs/keepalive.md.
         ping_timeout: seconds a keepalive ping waits for a pong before the connection
             fails with 1011 (None: never; the pings then only measure ``latency``).
+        ping_payload: the payload of keepalive pings (at most 125 bytes):
+            ``b"epws keepalive"`` by default, so that they never answer for the
+            application's own pings; ``b""`` for the empty pings gorilla's chat sends.
+            Kept once for all the server's connections, not per connection.
         max_request_line, max_headers, max_header_bytes: bounds of the HTTP request,
             so a huge or endless request cannot hold memory.
         extra_headers: headers added to the 101 response.
         compression: permessage-deflate settings (:class:`~epws.PerMessageDeflate`;
             on by default, as in browsers), or None to decline every offer.
+        on_refusal: called as ``on_refusal(error, request)`` for each request the
+            server refuses by itself, just before the error response is written:
+            one it cannot parse or that is over a bound (400, 414, 431; ``request``
+            is then None), one that is not an upgrade or asks for another version
+            (426), a bad key (400), a cross-origin one (403). ``error.status`` is the
+            status sent. For metrics and logs: without it an application sees only
+            the handshakes it answers itself (``process_request``) and the ones
+            that succeed (the handler). An exception it raises is logged; the
+            refusal is sent anyway.
     """
 
     check_origin: Callable[[Request], bool] | Sequence[str] | None = None
@@ -103,11 +117,17 @@ class Upgrader:
     close_timeout: float = 10.0
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    ping_payload: bytes = KEEPALIVE_PAYLOAD
     max_request_line: int = 8192
     max_headers: int = 128
     max_header_bytes: int = 65536
     extra_headers: Sequence[tuple[str, str]] = ()
     compression: Any = field(default_factory=PerMessageDeflate)
+    on_refusal: Callable[[HandshakeError, Request | None], None] | None = None
+
+    def __post_init__(self) -> None:
+        # A bad keepalive value fails here, at serve(), not at the first handshake.
+        keepalive_settings(self.ping_interval, self.ping_timeout, self.ping_payload)
 
     def origin_ok(self, request: Request) -> bool:
         check = self.check_origin
@@ -600,9 +620,15 @@ class _HTTPProtocol(asyncio.Protocol):
         transport.write(response.serialize(head_only=request.method == "HEAD"))
         transport.close()
 
-    def _refuse(self, exc: HandshakeError) -> None:
+    def _refuse(self, exc: HandshakeError, request: Request | None = None) -> None:
         logger.info("refused WebSocket handshake: %s (%d)", exc, exc.status)
         self._done()
+        on_refusal = self._server.upgrader.on_refusal
+        if on_refusal is not None:
+            try:
+                on_refusal(exc, request)
+            except Exception:
+                logger.exception("on_refusal failed")
         transport = self._transport
         assert transport is not None
         body = (str(exc) + "\n").encode()
@@ -618,13 +644,13 @@ class _HTTPProtocol(asyncio.Protocol):
             self.shut_down()
             return
         if not is_upgrade_request(request):
-            self._refuse(upgrade_required("this resource only speaks WebSocket"))
+            self._refuse(upgrade_required("this resource only speaks WebSocket"), request)
             return
         up = server.upgrader
         try:
             response, proto, subprotocol = up.negotiate(request)
         except HandshakeError as exc:
-            self._refuse(exc)
+            self._refuse(exc, request)
             return
         self._done()
         transport.write(response)
@@ -636,6 +662,7 @@ class _HTTPProtocol(asyncio.Protocol):
             close_timeout=up.close_timeout,
             ping_interval=up.ping_interval,
             ping_timeout=up.ping_timeout,
+            ping_payload=up.ping_payload,
             subprotocol=subprotocol,
             request=request,
         )

@@ -313,7 +313,7 @@ class Connection:
 
     @property
     def side(self) -> Side:
-        """Which end this is: ``Side.SERVER`` or ``Side.CLIENT``."""
+        """``Side.SERVER`` or ``Side.CLIENT``, as given (kept as one bool for the parser)."""
         return Side.SERVER if self._server else Side.CLIENT
 
     @property
