@@ -84,6 +84,22 @@ async def test_a_room_left_and_rejoined_while_in_flight_becomes_ready(broker) ->
     assert loop.time() - started < 0.8 and errors == []
 
 
+async def test_a_burst_of_history_reads_waits_for_connections_instead_of_failing(
+    broker, redis_server: RedisServer
+) -> None:
+    b, _ = broker
+    # A burst of joining clients reads history at once. Before: redis-py's default
+    # pool refused past 100 connections ("Too many connections"), so some of them
+    # got "history unavailable".
+    pages = await asyncio.gather(
+        *(b.page("r", after=None, limit=5) for _ in range(300)), return_exceptions=True
+    )
+    assert [p for p in pages if isinstance(p, BaseException)] == []
+    clients = redis_server.command("INFO", "clients")
+    connected = int(clients.split(b"connected_clients:")[1].split(b"\r")[0])
+    assert connected <= 32 + 2  # the pool, the pub/sub connection, this one
+
+
 async def test_a_failed_subscription_change_recovers(broker, redis_server: RedisServer) -> None:
     b, got = broker
     with paused(redis_server):

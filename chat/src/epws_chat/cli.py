@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         port,
         ssl_context=context,
         static_dir=static_dir,
-        broker=make_broker(args.broker, args.history, args.history_ttl),
+        broker=make_broker(args.broker, args.history, args.history_ttl, args.presence_interval),
         reuse_port=worker,
         gate=Gate(
             max_connections=args.max_connections,
@@ -169,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.presence_interval <= 0:
+        parser.error("--presence-interval must be positive")
     if args.workers > 1 and broker_kind == "memory":
         parser.error(
             f"--workers {args.workers} needs a shared broker: with --broker memory each "

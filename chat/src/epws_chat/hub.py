@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import epws
@@ -51,9 +51,11 @@ DEFAULT_ROOM = "main"
 class Room:
     """The members of one room on this process and the batch being gathered for them.
 
-    Presence: ``counts`` is the named ``epws.chat.v1`` connections by name, now;
-    ``announced`` what the members were last told; ``changed`` the names that
-    changed this loop iteration (None: no presence flush scheduled).
+    Presence: ``counts`` is the named ``epws.chat.v1`` connections on THIS process
+    by name, now (the broker holds those of the other processes:
+    :meth:`~epws_chat.brokers.base.Broker.remote_members`); ``announced`` the merged
+    counts the members were last told; ``changed`` the names that changed, here or
+    elsewhere, this loop iteration (None: no presence flush scheduled).
     """
 
     __slots__ = ("announced", "changed", "counts", "members", "name", "pending")
@@ -108,7 +110,7 @@ class Hub:
     async def start(self) -> None:
         """Connect the broker; messages start flowing to the rooms."""
         self._loop = asyncio.get_running_loop()
-        await self.broker.start(self.deliver, self.gap, stats=self.stats)
+        await self.broker.start(self.deliver, self.gap, stats=self.stats, presence=self)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -156,6 +158,18 @@ class Hub:
             room.counts[name] = count
         else:
             room.counts.pop(name, None)
+        self.broker.presence_changed(room.name, name)
+        self._touch(room, name)
+
+    def remote_changed(self, room: str, names: Iterable[str]) -> None:
+        """The broker heard that ``names`` changed in ``room`` on other processes:
+        announced with this iteration's own changes."""
+        members = self.rooms.get(room)
+        if members is not None:
+            for name in names:
+                self._touch(members, name)
+
+    def _touch(self, room: Room, name: str) -> None:
         if room.changed is None:
             room.changed = {}
             loop = self._loop or asyncio.get_running_loop()
@@ -167,8 +181,9 @@ class Hub:
         changed = room.changed or {}
         room.changed = None
         lines = []
+        elsewhere = self.broker.remote_members(room.name)
         for name in changed:
-            now = room.counts.get(name, 0)
+            now = room.counts.get(name, 0) + elsewhere.get(name, 0)
             before = room.announced.get(name, 0)
             if now == before:
                 continue  # came and went within the iteration: nothing to say
@@ -242,6 +257,15 @@ class Hub:
         without a name are not members anyone can see)."""
         members = self.rooms.get(room)
         return dict(members.counts) if members is not None else {}
+
+    async def members(self, room: str) -> dict[str, int]:
+        """Names in ``room`` on every process sharing the broker, with their
+        connection counts (this process's own, and the others' read from the
+        broker). Raises :class:`~epws_chat.brokers.base.BrokerError`."""
+        total = self.local_members(room)
+        for name, count in (await self.broker.read_presence(room)).items():
+            total[name] = total.get(name, 0) + count
+        return total
 
     def deliver(self, message: ChatMessage) -> None:
         """A message for ``message.room`` (from this process or another): batch it."""

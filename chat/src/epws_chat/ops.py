@@ -260,7 +260,10 @@ class Routes:
         if action == "presence":
             if refused := _only(request, "GET"):
                 return refused
-            members = await self.presence(room)
+            try:
+                members = await self.presence(room)
+            except BrokerError as exc:
+                return error(503, f"presence unavailable: {exc}")
             return OpsResponse.json(200, {"room": room, "members": members})
         return error(404, "not found")
 

@@ -58,7 +58,9 @@ def check_broker(spec: str) -> str:
     )
 
 
-def make_broker(spec: str, history: int, retention: float = 86400.0) -> Broker:
+def make_broker(
+    spec: str, history: int, retention: float = 86400.0, presence_interval: float = 5.0
+) -> Broker:
     """The broker a ``--broker`` value names; the only place that knows the kinds."""
     if check_broker(spec) == "memory":
         return MemoryBroker(history, retention=retention)
@@ -68,7 +70,9 @@ def make_broker(spec: str, history: int, retention: float = 86400.0) -> Broker:
         raise ValueError(
             f"--broker {spec!r} needs the redis package: pip install 'epws[redis]' ({exc})"
         ) from None
-    return RedisBroker(spec, history=history, retention=retention)
+    return RedisBroker(
+        spec, history=history, retention=retention, presence_interval=presence_interval
+    )
 
 
 def parse_addr(addr: str) -> tuple[str | None, int]:
@@ -188,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a room's history is kept after its last message (Redis: an "
         "EXPIRE refreshed by each message; memory: rooms without members); 0 keeps it "
         "(default: %(default)s)",
+    )
+    scale.add_argument(
+        "--presence-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between a Redis --broker's presence heartbeats: the members of a "
+        "process that dies without a goodbye stop counting on the others within 3 "
+        "times this (default: %(default)s)",
     )
     abuse = parser.add_argument_group("abuse controls (0 turns a limit off)")
     abuse.add_argument(

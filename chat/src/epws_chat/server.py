@@ -187,7 +187,7 @@ def make_routes(chat: Chat, api_key: str | None) -> Routes:
         return [json.loads(m.json()) for m in page.messages], page.complete
 
     async def presence(room: str) -> dict[str, int]:
-        return hub.local_members(room)
+        return await hub.members(room)
 
     async def figures() -> dict[str, Any]:
         out: dict[str, Any] = dict(chat.gauges())

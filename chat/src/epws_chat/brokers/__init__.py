@@ -15,8 +15,9 @@ carries each message once per process.
   :mod:`~epws_chat.brokers.wire` (the bytes in Redis),
   :mod:`~epws_chat.brokers.subscriptions` (one record per room, made live by one
   subscribe sequence), :mod:`~epws_chat.brokers.listener` (the supervised pub/sub
-  reader and its reconnections) and :mod:`~epws_chat.brokers.publisher` (batched
-  publishing).
+  reader and its reconnections), :mod:`~epws_chat.brokers.publisher` (batched
+  publishing) and :mod:`~epws_chat.brokers.presence` (who is in a room on every
+  process, right after a crash too).
 
 This package imports only the memory broker; ``epws_chat.brokers.redis`` needs the
 ``redis`` package (the ``redis`` extra).

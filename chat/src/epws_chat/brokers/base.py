@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +26,7 @@ __all__ = [
     "Gap",
     "OnError",
     "Page",
+    "PresenceHost",
     "clean_text",
     "message_id_key",
 ]
@@ -149,6 +150,19 @@ class Page:
     complete: bool = True
 
 
+class PresenceHost(Protocol):
+    """What a broker that shares presence needs from the hub."""
+
+    def local_members(self, room: str) -> dict[str, int]:
+        """This process's named connections in ``room``, by name."""
+        ...
+
+    def remote_changed(self, room: str, names: Iterable[str]) -> None:
+        """The counts of ``names`` in ``room`` changed on other processes (see
+        :meth:`Broker.remote_members`)."""
+        ...
+
+
 class Broker(Protocol):
     """What the hub needs from the outside world.
 
@@ -160,14 +174,20 @@ class Broker(Protocol):
     shared: bool
 
     async def start(
-        self, deliver: Deliver, gap: Gap | None = None, *, stats: Counters | None = None
+        self,
+        deliver: Deliver,
+        gap: Gap | None = None,
+        *,
+        stats: Counters | None = None,
+        presence: PresenceHost | None = None,
     ) -> None:
         """Connect; from now on messages of subscribed rooms go to ``deliver``.
 
         ``gap(room)`` (optional): the broker lost the room's live messages for a
         while (a lost connection) and cannot prove it recovered all of them.
         ``stats`` (optional): where the broker counts its figures (publish latency,
-        reconnections); the broker is their only writer.
+        reconnections); the broker is their only writer. ``presence`` (optional):
+        the hub, whose members a shared broker makes known to the other processes.
         """
         ...
 
@@ -189,6 +209,21 @@ class Broker(Protocol):
         Never blocks: a broker that must talk to a server batches the publishes of
         one loop iteration and reports a failed batch to each sender.
         """
+        ...
+
+    def presence_changed(self, room: str, name: str) -> None:
+        """The count of ``name`` in ``room`` changed on this process (never waits:
+        a shared broker writes the changes of a loop iteration together)."""
+        ...
+
+    def remote_members(self, room: str) -> Mapping[str, int]:
+        """Members of a subscribed ``room`` on the OTHER processes, by name, as this
+        process last heard (empty for a broker that is not shared)."""
+        ...
+
+    async def read_presence(self, room: str) -> dict[str, int]:
+        """Members of any ``room`` on the OTHER live processes, read from the shared
+        store (empty for a broker that is not shared). Raises :class:`BrokerError`."""
         ...
 
     async def history(self, room: str, *, after: str | None, limit: int) -> list[ChatMessage]:

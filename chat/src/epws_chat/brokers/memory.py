@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .base import BrokerError, ChatMessage, Deliver, Gap, OnError, Page, clean_text, message_id_key
+from .base import (
+    BrokerError,
+    ChatMessage,
+    Deliver,
+    Gap,
+    OnError,
+    Page,
+    PresenceHost,
+    clean_text,
+    message_id_key,
+)
 
 if TYPE_CHECKING:
     from ..metrics import Counters
 
 __all__ = ["MemoryBroker"]
+
+#: Nobody on another process (there is none).
+_NOBODY: Mapping[str, int] = MappingProxyType({})
 
 
 class _Ring:
@@ -62,9 +77,15 @@ class MemoryBroker:
         self._last = (0, 0)
 
     async def start(
-        self, deliver: Deliver, gap: Gap | None = None, *, stats: Counters | None = None
+        self,
+        deliver: Deliver,
+        gap: Gap | None = None,
+        *,
+        stats: Counters | None = None,
+        presence: PresenceHost | None = None,
     ) -> None:
-        """Delivery is a function call: no connection, and nothing to time or count."""
+        """Delivery is a function call: no connection, nothing to time or count, and
+        no other process to tell about presence."""
         self._deliver = deliver
 
     async def close(self) -> None:
@@ -106,6 +127,15 @@ class MemoryBroker:
                 excess -= 1
         for room in spare:
             del rings[room]
+
+    def presence_changed(self, room: str, name: str) -> None:
+        """One process: the hub's own counts are the whole picture."""
+
+    def remote_members(self, room: str) -> Mapping[str, int]:
+        return _NOBODY
+
+    async def read_presence(self, room: str) -> dict[str, int]:
+        return {}
 
     def _next_id(self, now: float) -> str:
         ms = int(now * 1000)

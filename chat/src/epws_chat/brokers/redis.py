@@ -6,23 +6,35 @@ PUBLISHes in one step (:mod:`~epws_chat.brokers.wire`, sent in batches by
 :mod:`~epws_chat.brokers.publisher`); one pub/sub connection per process, subscribed
 only to the rooms with local members (:mod:`~epws_chat.brokers.subscriptions`) and
 read by one supervised task that reconnects after every loss and fills each room's
-gap from its stream (:mod:`~epws_chat.brokers.listener`). This module puts them
-together behind the :class:`~epws_chat.brokers.base.Broker` interface and reads
-history; only this package knows it is Redis.
+gap from its stream (:mod:`~epws_chat.brokers.listener`); each process's members
+in a hash per room, renewed by heartbeats (:mod:`~epws_chat.brokers.presence`).
+This module puts them together behind the :class:`~epws_chat.brokers.base.Broker`
+interface and reads history; only this package knows it is Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import BrokerError, ChatMessage, Deliver, Gap, OnError, Page, message_id_key
+from .base import (
+    BrokerError,
+    ChatMessage,
+    Deliver,
+    Gap,
+    OnError,
+    Page,
+    PresenceHost,
+    message_id_key,
+)
 from .listener import Listener, describe, redact
+from .presence import Presence
 from .publisher import Publisher
 from .subscriptions import Subscriptions
 from .wire import Keys, decode_stream, is_complete
@@ -30,7 +42,10 @@ from .wire import Keys, decode_stream, is_complete
 if TYPE_CHECKING:
     from ..metrics import Counters
 
-__all__ = ["RedisBroker"]
+__all__ = ["MAX_CONNECTIONS", "RedisBroker"]
+
+#: Command connections to Redis per process (the pub/sub connection comes on top).
+MAX_CONNECTIONS = 32
 
 
 class RedisBroker:
@@ -51,6 +66,9 @@ class RedisBroker:
             (a half-open TCP connection is not noticed otherwise).
         retention: seconds a room's stream lives after its last message (an EXPIRE
             refreshed by each message; 0: forever). Abandoned rooms are freed.
+        presence_interval: seconds between presence heartbeats; the members of a
+            process that dies without a goodbye stop counting on the others within
+            3 times this (:mod:`~epws_chat.brokers.presence`).
     """
 
     shared = True
@@ -65,6 +83,7 @@ class RedisBroker:
         backoff: tuple[float, float] = (0.1, 5.0),
         health_interval: float = 15.0,
         retention: float = 86400.0,
+        presence_interval: float = 5.0,
     ) -> None:
         if history < 0:
             raise ValueError("history must not be negative")
@@ -72,9 +91,18 @@ class RedisBroker:
         self._shown_url = redact(url)
         self._timeout = timeout
         no_retry = Retry(NoBackoff(), 0)  # failures are reported, never silently repeated
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retry
+        # Commands wait (up to ``timeout``) for one of MAX_CONNECTIONS connections: a
+        # burst of joining clients (a history read each) neither opens hundreds of
+        # connections nor fails ("Too many connections" from redis-py's default pool).
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=no_retry,
         )
+        self._redis: Redis = Redis.from_pool(pool)
         # The pub/sub connection waits for messages indefinitely (socket_timeout None);
         # the listener's PING watchdog replaces the timeout. RESP2 keeps pub/sub
         # messages plain arrays.
@@ -107,6 +135,10 @@ class RedisBroker:
             retention=retention,
             timeout=timeout,
         )
+        self._presence = Presence(
+            self._redis, keys, self._subscriptions, self._listener, interval=presence_interval
+        )
+        self._subscriptions.presence = self._presence
         self._closed = False
 
     def __repr__(self) -> str:
@@ -142,7 +174,12 @@ class RedisBroker:
     # ------------------------------------------------------------- lifecycle
 
     async def start(
-        self, deliver: Deliver, gap: Gap | None = None, *, stats: Counters | None = None
+        self,
+        deliver: Deliver,
+        gap: Gap | None = None,
+        *,
+        stats: Counters | None = None,
+        presence: PresenceHost | None = None,
     ) -> None:
         """Start the listener; wait (at most ``timeout``) for the first connection.
 
@@ -151,12 +188,16 @@ class RedisBroker:
         ``gap(room)`` is called when, after a reconnection, a room's stream cannot
         prove that every message missed meanwhile was recovered. ``stats`` gets
         the publish latency (from :meth:`publish` to Redis's answer, per message)
-        and the reconnections.
+        and the reconnections. ``presence`` (the hub) has its members shared with
+        every process and hears of theirs.
         """
         self._subscriptions.deliver = deliver
         self._subscriptions.gap = gap
         self._publisher.stats = self._listener.stats = stats
+        self._presence.host = presence
         await self._listener.start()
+        if presence is not None:
+            self._presence.start()
 
     async def _prepare(self) -> None:
         """Before each pub/sub connection: fresh command connections (stale after a
@@ -175,6 +216,7 @@ class RedisBroker:
             return
         self._closed = True
         await self._publisher.close()
+        await self._presence.close()
         await self._listener.close("the chat is shutting down")
         self._subscriptions.deliver = None
         await self._redis.aclose()
@@ -189,6 +231,24 @@ class RedisBroker:
 
     def publish(self, room: str, name: str, text: str, on_error: OnError) -> None:
         self._publisher.publish(room, name, text, on_error)
+
+    def presence_changed(self, room: str, name: str) -> None:
+        self._presence.changed(room, name)
+
+    def remote_members(self, room: str) -> Mapping[str, int]:
+        record = self._subscriptions.rooms.get(room)
+        return record.remote_total if record is not None else {}
+
+    async def read_presence(self, room: str) -> dict[str, int]:
+        """The room's members on every other live process, from Redis."""
+        if not self._listener.up:
+            raise BrokerError(self._listener.down_reason)
+        try:
+            return await self._presence.read(room)
+        except TimeoutError:
+            raise BrokerError("Redis did not answer in time") from None
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"Redis at {self._shown_url} failed ({describe(exc)})") from None
 
     async def history(self, room: str, *, after: str | None, limit: int) -> list[ChatMessage]:
         return (await self.page(room, after=after, limit=limit)).messages

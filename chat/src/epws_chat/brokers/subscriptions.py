@@ -9,10 +9,11 @@ must see its own line, as with the memory broker.
 The sequence (:meth:`Subscriptions.run`, one task per pub/sub connection, started and
 supervised by the listener): for every room that is not ready, SUBSCRIBE; a barrier
 (the subscriptions are active); read each room's stream (a room this process had
-before: everything after its last id, to fill the gap; a new room: its newest id); a
-second barrier (every live message up to those reads has arrived). Live messages
-that arrive meanwhile are held in the room's record and go out after the gap's, in
-id order and without duplicates. The same sequence serves a room that gets its first
+before: everything after its last id, to fill the gap; a new room: its newest id)
+and its presence (the other processes' members); a second barrier (every live
+message up to those reads has arrived). Live messages and presence changes that
+arrive meanwhile are held in the room's record and applied after the reads, in
+order and without duplicates. The same sequence serves a room that gets its first
 member and every room after a reconnection, so the two can never drift apart.
 """
 
@@ -27,9 +28,20 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from .base import BadEntry, ChatMessage, Deliver, Gap, message_id_key
-from .wire import IdKey, Keys, decode_payload, decode_stream, is_complete, top_id
+from .wire import (
+    IdKey,
+    Keys,
+    PresenceDelta,
+    decode_payload,
+    decode_presence,
+    decode_stream,
+    is_complete,
+    is_presence,
+    top_id,
+)
 
 if TYPE_CHECKING:
+    from .presence import Presence, RemoteEntry
     from .publisher import Pending
 
 __all__ = ["MAX_FILL", "RoomRecord", "Subscriptions"]
@@ -61,13 +73,28 @@ class RoomRecord:
         ready: set once the subscription is live and ``last`` is known.
         last: the newest id delivered (key, raw), from which a reconnection fills the
             gap (None: the room has not been live yet).
-        held: live messages received while the subscribe sequence runs (else None).
+        held: live messages and presence changes received while the subscribe
+            sequence runs (else None).
         parked: publishes waiting for the room to be ready (the publisher's; else None).
         park_timer: when the parked publishes go out anyway (one ``timeout`` after
             the first).
+        remote: the room's members on each OTHER process, by process id
+            (:mod:`~epws_chat.brokers.presence`'s).
+        remote_total: the same, summed by name.
     """
 
-    __slots__ = ("channel", "held", "last", "log", "name", "park_timer", "parked", "ready")
+    __slots__ = (
+        "channel",
+        "held",
+        "last",
+        "log",
+        "name",
+        "park_timer",
+        "parked",
+        "ready",
+        "remote",
+        "remote_total",
+    )
 
     def __init__(self, name: str, keys: Keys) -> None:
         self.name = name
@@ -75,9 +102,11 @@ class RoomRecord:
         self.log = keys.log(name)
         self.ready = asyncio.Event()
         self.last: tuple[IdKey, bytes] | None = None
-        self.held: list[ChatMessage] | None = None
+        self.held: list[ChatMessage | PresenceDelta] | None = None
         self.parked: list[Pending] | None = None
         self.park_timer: asyncio.TimerHandle | None = None
+        self.remote: dict[str, RemoteEntry] = {}
+        self.remote_total: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<RoomRecord {self.name} {'ready' if self.ready.is_set() else 'not ready'}>"
@@ -109,6 +138,7 @@ class Subscriptions:
         gap: told when a room's gap cannot be proven whole after a reconnection.
         on_ready: called when a record with parked publishes becomes ready or is
             dropped (the publisher sends them).
+        presence: reads and applies the other processes' presence (None: not shared).
     """
 
     def __init__(self, redis: Redis, keys: Keys, *, timeout: float) -> None:
@@ -124,6 +154,7 @@ class Subscriptions:
         self.gap: Gap | None = None
         self.on_ready: Callable[[RoomRecord], None] | None = None
         self.link: Link | None = None
+        self.presence: Presence | None = None
         self._dirty = asyncio.Event()
 
     # ------------------------------------------------------------- membership
@@ -197,7 +228,7 @@ class Subscriptions:
     async def _subscribe(self, conn: AbstractConnection, records: list[RoomRecord]) -> int:
         """THE subscribe sequence (see the module's docstring); returns how many
         messages were recovered from the streams."""
-        link = self.link
+        link, presence = self.link, self.presence
         assert link is not None
         for record in records:
             record.held = []
@@ -216,10 +247,22 @@ class Subscriptions:
                         pipe.xinfo_stream(record.log)
                     for record in fresh:
                         pipe.xrevrange(record.log, count=1)
+                    if presence is not None:
+                        for record in records:
+                            presence.queue_read(pipe, record)
                     results: list[Any] = await pipe.execute(raise_on_error=False)
                 await link.barrier(conn)
+            reads = 2 * len(known) + len(fresh)
+            if presence is not None:
+                for record, reply in zip(records, results[reads:], strict=True):
+                    if isinstance(reply, Exception):
+                        # Not a presence hash (someone else's data): no members known.
+                        logger.warning("redis broker: room %s: presence: %s", record.name, reply)
+                        reply = None
+                    if self.rooms.get(record.name) is record:
+                        presence.snapshot(record, reply)
             filled = self._fill(known, results[: 2 * len(known)])
-            for record, entries in zip(fresh, results[2 * len(known) :], strict=True):
+            for record, entries in zip(fresh, results[2 * len(known) : reads], strict=True):
                 if isinstance(entries, Exception):
                     # The key is not a stream (someone else's data): its publishes fail
                     # loudly; the room still goes live, from the beginning.
@@ -241,8 +284,12 @@ class Subscriptions:
 
     def _release_held(self, record: RoomRecord) -> None:
         held, record.held = record.held, None
-        for message in held or ():
-            self._offer(record, message)
+        presence = self.presence
+        for item in held or ():
+            if isinstance(item, ChatMessage):
+                self._offer(record, item)
+            elif presence is not None:
+                presence.receive(record, item)
 
     def _fill(self, records: list[RoomRecord], results: list[Any]) -> int:
         """Deliver what each room's stream holds after the last id delivered.
@@ -286,15 +333,22 @@ class Subscriptions:
         record = self.channels.get(channel)
         if record is None:
             return  # a room this process left; its UNSUBSCRIBE is on its way
+        item: ChatMessage | PresenceDelta
         try:
-            message = decode_payload(record.name, data)
+            if is_presence(data):
+                assert isinstance(data, bytes)
+                item = decode_presence(record.name, data)
+            else:
+                item = decode_payload(record.name, data)
         except BadEntry as exc:
             self.count_bad(exc)
             return
         if record.held is not None:
-            record.held.append(message)  # the subscribe sequence delivers it in order
-            return
-        self._offer(record, message)
+            record.held.append(item)  # the subscribe sequence hands it on in order
+        elif isinstance(item, ChatMessage):
+            self._offer(record, item)
+        elif self.presence is not None:
+            self.presence.receive(record, item)
 
     def _offer(self, record: RoomRecord, message: ChatMessage) -> bool:
         """Deliver ``message`` unless its id is at or below the room's last one (it

@@ -8,6 +8,16 @@ What is in Redis, per room ``R`` (with the default prefix ``epws:chat:``):
 * ``epws:chat:R``: the pub/sub channel; a message travels as ``<id> <body>``.
 * The body: ``[name, text, time]`` in JSON (compact, UTF-8).
 
+Presence (:mod:`~epws_chat.brokers.presence`):
+
+* ``epws:chat:R:presence``: a hash, one field per process with named members in
+  the room: ``{"s": seq, "m": {name: connections}}`` (that process's members).
+* ``epws:chat:procs``: a sorted set of process ids, scored by the time (Redis's
+  clock, milliseconds) until which each process counts as alive.
+* On the room's channel, ``P{"p": pid, "s": seq, "m": {name: connections}}``: the
+  names whose count changed on process ``pid`` and their new count there (0: gone).
+  A message id starts with a digit, so the two kinds never mix up.
+
 Anyone who can reach Redis can write there, so nothing read back is trusted: every
 decoder raises :class:`~epws_chat.brokers.base.BadEntry` for what is not in this
 format, and its callers skip the entry and go on.
@@ -17,6 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .base import BadEntry, ChatMessage, clean_text, message_id_key
@@ -24,6 +35,12 @@ from .base import BadEntry, ChatMessage, clean_text, message_id_key
 __all__ = [
     "PUBLISH_SCRIPT",
     "Keys",
+    "PresenceDelta",
+    "decode_presence",
+    "decode_presence_state",
+    "encode_presence",
+    "encode_presence_state",
+    "is_presence",
     "decode_entry",
     "decode_payload",
     "decode_stream",
@@ -61,6 +78,15 @@ class Keys:
     def log(self, room: str) -> bytes:
         """The room's history stream."""
         return f"{self.prefix}{room}:log".encode()
+
+    def presence(self, room: str) -> bytes:
+        """The room's presence hash (one field per process)."""
+        return f"{self.prefix}{room}:presence".encode()
+
+    @property
+    def procs(self) -> bytes:
+        """The sorted set of live processes (no room's key: room names have no ':')."""
+        return f"{self.prefix}procs".encode()
 
 
 def encode_body(name: str, text: str, sent: float) -> bytes:
@@ -154,3 +180,74 @@ def is_complete(after: IdKey, entries: list[Any], info: Any) -> bool:
     if length is None or added is None or length != added or not first or not last:
         return False
     return message_id_key(first[0]) <= after <= message_id_key(last[0])
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceDelta:
+    """A presence change on the wire: process ``pid``'s ``seq``-th write, with the new
+    count there of each name in ``members`` (0: that name left that process)."""
+
+    pid: str
+    seq: int
+    members: dict[str, int]
+
+
+def encode_presence_state(seq: int, members: dict[str, int]) -> bytes:
+    """One process's members of a room, as stored in the room's presence hash."""
+    return json.dumps({"s": seq, "m": members}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def encode_presence(pid: str, seq: int, members: dict[str, int]) -> bytes:
+    """A presence change as published on the room's channel."""
+    body = json.dumps({"p": pid, "s": seq, "m": members}, ensure_ascii=False, separators=(",", ":"))
+    return b"P" + body.encode()
+
+
+def is_presence(data: object) -> bool:
+    """Whether a pub/sub payload is a presence change (not a message)."""
+    return isinstance(data, bytes) and data[:1] == b"P"
+
+
+def _members(room: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise BadEntry(f"room {room}: presence members must be an object")
+    out: dict[str, int] = {}
+    for name, count in value.items():
+        if (
+            not isinstance(name, str)
+            or not name
+            or isinstance(count, bool)
+            or not isinstance(count, int)
+            or count < 0
+        ):
+            raise BadEntry(f"room {room}: bad presence entry {str(name)[:40]!r}: {count!r}")
+        out[clean_text(name)[:64]] = count
+    return out
+
+
+def _seq(room: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadEntry(f"room {room}: presence sequence must be a natural number")
+    return value
+
+
+def decode_presence(room: str, data: bytes) -> PresenceDelta:
+    """A presence payload (``P{...}``), checked; BadEntry if malformed."""
+    try:
+        body = json.loads(data[1:])
+    except ValueError as exc:
+        raise BadEntry(f"room {room}: bad presence payload {data[:40]!r}: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("p"), str) or not body["p"]:
+        raise BadEntry(f"room {room}: bad presence payload {data[:40]!r}")
+    return PresenceDelta(body["p"][:64], _seq(room, body.get("s")), _members(room, body.get("m")))
+
+
+def decode_presence_state(room: str, value: Any) -> tuple[int, dict[str, int]]:
+    """A field of a room's presence hash: (seq, members); BadEntry if malformed."""
+    try:
+        body = json.loads(value)
+    except (ValueError, TypeError) as exc:
+        raise BadEntry(f"room {room}: bad presence state: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadEntry(f"room {room}: bad presence state")
+    return _seq(room, body.get("s")), _members(room, body.get("m"))
