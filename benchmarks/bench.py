@@ -44,6 +44,7 @@ LIBRARIES = (
     "epws",
     "epws-async",
     "epws-redis2",
+    "epws-nometrics",
     "websockets",
     "aiohttp",
     "picows",
@@ -53,7 +54,14 @@ LIBRARIES = (
 #: Servers that only take part in some kinds of scenario: epws-async is epws's echo
 #: written with a task per connection (the README's quick start), for comparison with
 #: the callback style that the epws row uses; the chat is epws-chat either way.
-ONLY_KINDS = {"epws-async": ("echo",), "epws-redis2": ("chat",), "rawtcp": ("echo",)}
+#: epws-nometrics is epws-chat with --metrics off: next to the epws row (its "epws ÷
+#: this" is metrics on ÷ off), run in turn with it in every repeat, what counting costs.
+ONLY_KINDS = {
+    "epws-async": ("echo",),
+    "epws-redis2": ("chat",),
+    "epws-nometrics": ("chat",),
+    "rawtcp": ("echo",),
+}
 #: Servers that only take part in scenarios of some generator modes: rawtcp
 #: (servers/rawtcp_server.py, an asyncio Protocol that writes back what it reads) is
 #: not WebSocket, so it has the echo rows only, as the ceiling they are compared
@@ -241,6 +249,10 @@ def free_port() -> int:
         return port
 
 
+#: The variable that turns the chat's metrics off (epws_chat.options.METRICS_ENV).
+CHAT_METRICS_ENV = "EPWS_CHAT_METRICS"
+
+
 def epws_chat_command() -> list[str]:
     """The real epws-chat from the benchmark venv (benchmarks/run installs the project).
 
@@ -280,7 +292,7 @@ def server_command(
             env["EPWS_BENCH_REDIS"],
         ]
         return cmd, env
-    if cfg.library == "epws" and kind == "chat":
+    if cfg.library in ("epws", "epws-nometrics") and kind == "chat":
         # The real chat server, with its defaults (the seed's constants); logging of
         # every connection is turned down because the peers' servers log nothing.
         cmd = [
@@ -294,6 +306,8 @@ def server_command(
             "--shutdown-timeout",
             "1",
         ]
+        if cfg.library == "epws-nometrics":
+            cmd += ["--metrics", "off"]
         return cmd, env
     if cfg.library == "gorilla":
         return [str(GOCHAT), "-kind", kind, "-addr", f"127.0.0.1:{port}"], env
@@ -767,7 +781,8 @@ def write_report(opts: Options, records: list[Record], meta: dict[str, Any]) -> 
     ):
         add(
             "epws's chat figures are the real `epws-chat` "
-            "(seed rules: evicts a client 256 messages (x 512 bytes) behind)."
+            "(seed rules: evicts a client 256 messages (x 512 bytes) behind), "
+            f"metrics {meta['chat_metrics']} (${CHAT_METRICS_ENV})."
         )
         add(
             "The Python peers' chat servers are the simple fan-out their docs show: they buffer "
@@ -1071,9 +1086,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": versions(),
         "load_before": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
+    # epws-chat inherits the environment: EPWS_CHAT_METRICS=off benchmarks/run ... measures
+    # the chat without its counters (what metrics cost on the hot path).
+    meta["chat_metrics"] = os.environ.get(CHAT_METRICS_ENV) or "on"
     log(
         f"{len(opts.servers)} servers x {len(opts.scenarios)} scenarios x {opts.repeats} repeats; "
-        "epws chat: epws-chat"
+        f"epws chat: epws-chat, metrics {meta['chat_metrics']}"
     )
     started = time.monotonic()
     records = run_all(opts)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, MutableSet
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -162,8 +161,9 @@ class WebSocketProtocol(asyncio.Protocol):
     ``websocket.accept`` it writes the 101 and hands the transport to a
     :class:`~epws.asyncio.conn.Conn` with uvicorn's settings (``ws_max_size`` the read
     limit, ``ws_max_queue`` the unread messages before reading pauses,
-    ``ws_per_message_deflate`` whether compression is negotiated); it keeps the
-    keepalive (``ws_ping_interval``/``ws_ping_timeout``) and the ASGI translation.
+    ``ws_per_message_deflate`` whether compression is negotiated, ``ws_ping_interval``
+    and ``ws_ping_timeout`` the Conn's own keepalive: no timer here); it keeps the ASGI
+    translation.
     It stays in ``server_state.connections`` until TCP is gone, so uvicorn's graceful
     shutdown reaches it: :meth:`shutdown` closes an open WebSocket with 1012.
     """
@@ -204,9 +204,6 @@ class WebSocketProtocol(asyncio.Protocol):
         self._response: tuple[int, list[tuple[str, str]]] | None = None
         self._chunked = False
         self._disconnect: dict[str, Any] | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._pong_timer: asyncio.TimerHandle | None = None
-        self._ping_payload: bytes | None = None
 
     # ------------------------------------------------------------ before the 101
 
@@ -305,7 +302,6 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._phase != _OPEN:
             self._phase = _DONE
         self.connections.discard(self)
-        self._stop_keepalive()
         for waiter in (self._lost_waiter, self._drain_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -320,7 +316,6 @@ class WebSocketProtocol(asyncio.Protocol):
         The app's ``receive`` then gives ``websocket.disconnect`` with 1012 once the
         client has answered the close frame (within the close timeout).
         """
-        self._stop_keepalive()
         conn = self.conn
         if conn is not None:
             conn.close_nowait(1012)
@@ -437,15 +432,16 @@ class WebSocketProtocol(asyncio.Protocol):
                     data = text
                 elif not isinstance(data, (bytes, bytearray, memoryview)):
                     raise TypeError(f"websocket.send 'bytes' must be bytes, got {type(data)}")
+                # The Conn's corking applies: the frames an app sends in one step of its
+                # task leave in one write when the task next waits (or sooner, once
+                # they pass the write limit). An echo of queued messages or a broadcast
+                # of queued lines then costs a system call per connection per step,
+                # not per frame (the ASGI spec asks a flush per send of HTTP bodies
+                # only; an app that blocks the loop delays its own frames either way).
                 try:
                     await conn.send(data)
                 except ConnectionClosed as exc:
                     raise ClientDisconnected(str(exc)) from exc
-                # The Conn corks frames until the loop's next iteration. An ASGI app
-                # sends from a task that may run long without yielding (a broadcast
-                # loop over every connection, for every queued line): corked, nothing
-                # would leave before that whole step ends. Out at once instead.
-                conn._flush()
                 return
             if kind == "websocket.close":
                 if conn.closed:
@@ -516,11 +512,15 @@ class WebSocketProtocol(asyncio.Protocol):
         self._log("[accepted]")
         proto = Connection(Side.SERVER, max_size=self.config.ws_max_size, codec=self._codec)
         # The Conn keeps no request: the app has every field of it in the scope.
+        # uvicorn's keepalive is the Conn's (one entry in the loop's deadline queue, no
+        # timer per connection); 0 turns either off, as in uvicorn.
         conn = Conn(
             proto,
             max_queue=self.config.ws_max_queue,
             close_timeout=CLOSE_TIMEOUT,
             subprotocol=subprotocol,
+            ping_interval=self.config.ws_ping_interval or None,
+            ping_timeout=self.config.ws_ping_timeout or None,
         )
         self._request = None
         transport.write(response)
@@ -538,66 +538,9 @@ class WebSocketProtocol(asyncio.Protocol):
         waiter = self._lost_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)  # a receive() waiting before the accept reads on
-        self._start_keepalive()
 
     def _conn_closed(self, exc: ConnectionClosed) -> None:
         self._gone()
-
-    # ------------------------------------------------------------ keepalive
-
-    def _start_keepalive(self) -> None:
-        interval = self.config.ws_ping_interval
-        if interval:
-            conn = self.conn
-            assert conn is not None
-            conn.pong_handler = self._on_pong
-            self._ping_timer = self.loop.call_later(interval, self._send_ping)
-
-    def _stop_keepalive(self) -> None:
-        for timer in (self._ping_timer, self._pong_timer):
-            if timer is not None:
-                timer.cancel()
-        self._ping_timer = self._pong_timer = None
-        self._ping_payload = None
-
-    def _send_ping(self) -> None:
-        """Timer callback: ping, and fail the connection if no pong comes in time.
-
-        It writes the frame through the Conn's corked writer (``Conn.ping`` is a
-        coroutine, and a task per ping per connection would cost more than the ping).
-        """
-        self._ping_timer = None
-        conn = self.conn
-        if conn is None or conn.closed or conn._proto.close_sent is not None:
-            return
-        payload = self._ping_payload = os.urandom(4)
-        conn._write(conn._proto.send_ping(payload))
-        timeout = self.config.ws_ping_timeout
-        if timeout:
-            self._pong_timer = self.loop.call_later(timeout, self._pong_missing)
-        else:
-            self._ping_timer = self.loop.call_later(
-                self.config.ws_ping_interval or 0, self._send_ping
-            )
-
-    def _on_pong(self, payload: bytes) -> None:
-        if payload != self._ping_payload:
-            return  # unsolicited, or an older ping's
-        self._ping_payload = None
-        if self._pong_timer is not None:
-            self._pong_timer.cancel()
-            self._pong_timer = None
-            self._ping_timer = self.loop.call_later(
-                self.config.ws_ping_interval or 0, self._send_ping
-            )
-
-    def _pong_missing(self) -> None:
-        self._pong_timer = None
-        self._ping_payload = None
-        conn = self.conn
-        if conn is not None:
-            logger.debug("WebSocket keepalive ping timeout")
-            conn.close_nowait(1011, "keepalive ping timeout")
 
     # ------------------------------------------------------------ denial response
 

@@ -194,12 +194,18 @@ def raw_app() -> tuple[Any, Seen]:
             message = await receive()
             await send({"type": "websocket.send", "text": "got " + message["text"]})
             await send({"type": "websocket.close"})
-        elif path == "/probe-after-send":
-            # Sends, then (without yielding to the loop) asks the test's probe what the
-            # server holds: ASGI wants the frame with the transport once send returns.
+        elif path == "/burst":
+            # 100 messages in one step of the task (no await that waits between them),
+            # the test's probe called before and after it, then once more after the
+            # client's answer, which it sends once it has all 100.
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.send", "text": "one"})
             seen.probed.append(seen.probe())
+            for i in range(100):
+                await send({"type": "websocket.send", "text": str(i)})
+            seen.probed.append(seen.probe())
+            message = await receive()
+            seen.probed.append(seen.probe())
+            await send({"type": "websocket.send", "text": "got " + message["text"]})
             await send({"type": "websocket.close"})
         elif path == "/accept-and-return":
             await send({"type": "websocket.accept"})

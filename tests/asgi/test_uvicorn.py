@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from starlette.websockets import WebSocketDisconnect
@@ -23,6 +25,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 
 import epws
 from epws.asgi import WebSocketProtocol
+from epws.asyncio.keepalive import KEEPALIVE_PAYLOAD
 from tests.asyncio.wsraw import close_frame, frame, read_http_head, request_bytes
 
 from .apps import fastapi_app, raw_app, starlette_app
@@ -543,23 +546,38 @@ async def test_frames_sent_before_the_101_are_read_after_it() -> None:
         writer.close()
 
 
-async def test_a_sent_frame_is_with_the_transport_when_send_returns() -> None:
-    """No corking across an app's send: a broadcast loop that never yields (FastAPI's
-    documented pattern, 1,000 connections per line) used to hold every frame of its
-    whole step, so a fan-out benchmark delivered nothing within its window."""
+def segments_out(sock: Any) -> int:
+    """Segments the kernel has sent on a TCP socket (tcp_info's tcpi_segs_out, Linux)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    # 8 one-byte fields, 24 u32, 4 u64, then tcpi_segs_out (Linux >= 4.2).
+    return int(struct.unpack_from("I", info, 8 + 24 * 4 + 4 * 8)[0])
+
+
+async def test_frames_of_one_app_step_leave_in_one_write_when_it_waits() -> None:
+    """The Conn's corking across ASGI sends: 100 messages sent in one step of the app's
+    task leave together once it waits, not in a system call each. Each write was a
+    system call and usually a TCP segment of its own: that cost epws.asgi its lead on
+    echo of queued messages and on a broadcast of queued lines. The client gets them
+    all while the app waits in receive(): held frames never wait for more than the
+    step."""
     app, seen = raw_app()
     async with running(app, "epws") as run:
 
-        def probe() -> bool:
+        def probe() -> int:
             (proto,) = run.server.server_state.connections
             assert isinstance(proto, WebSocketProtocol) and proto.conn is not None
-            return proto.conn._wpending is not None  # frames held back by the Conn
+            return segments_out(proto.conn.transport.get_extra_info("socket"))
 
         seen.probe = probe
-        conn = await epws.connect(run.url + "/probe-after-send")
-        assert await conn.recv() == "one"
-        await conn.wait_closed()
-    assert seen.probed == [False]
+        async with epws.connect(run.url + "/burst", compression=None) as conn:
+            got = [await conn.recv() for _ in range(100)]
+            assert got == [str(i) for i in range(100)]
+            await conn.send("all")
+            assert await conn.recv() == "got all"
+    before, after_step, after_answer = seen.probed
+    assert after_step == before  # nothing went out during the step
+    # One write of 100 small frames: one segment, plus at most the ACK of the answer.
+    assert after_answer - after_step <= 2
 
 
 async def test_keepalive_closes_a_client_that_never_answers_pings() -> None:
@@ -572,13 +590,17 @@ async def test_keepalive_closes_a_client_that_never_answers_pings() -> None:
         assert status == 101
         loop = asyncio.get_running_loop()
         started = loop.time()
-        opcode, _, _ = await read_server_frame(reader)
-        assert opcode == 9  # a ping, which this client never answers
+        opcode, _, payload = await read_server_frame(reader)
+        # A ping, which this client never answers: the library's keepalive's (its
+        # payload), not a timer of the ASGI layer's own.
+        assert (opcode, payload) == (9, KEEPALIVE_PAYLOAD)
         opcode, _, payload = await read_server_frame(reader)
         assert opcode == 8 and struct.unpack("!H", payload[:2])[0] == 1011
+        # TCP goes at once, without waiting for a close frame this client never sends.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
         assert loop.time() - started < 5
-        writer.write(close_frame(1011))
         await seen.wait_for(lambda: seen.finished == 1)
+        assert seen.disconnects == [(1011, "keepalive ping timeout")]
         writer.close()
 
 

@@ -3,7 +3,8 @@
 - tinyproxy: an HTTP proxy (CONNECT), optionally with Basic auth;
 - stunnel in front of tinyproxy: an ``https://`` proxy (TLS to the proxy);
 - dante (danted): SOCKS5 and SOCKS4, no auth, with one destination blocked;
-- microsocks: SOCKS5 with a user name and password.
+- microsocks: SOCKS5 with a user name and password;
+- tiny-proxy (from PyPI, in the test extras): SOCKS4 and SOCKS4a, which dante lacks.
 
 scripts/setup installs them. Each runs as a child process in the foreground, is
 waited for until it accepts connections, and is terminated on exit.
@@ -12,11 +13,13 @@ waited for until it accepts connections, and is terminated on exit.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +124,34 @@ def dante(tmp: Path, blocked_port: int | None = None) -> Iterator[int]:
     )
     with _run([need("danted"), "-f", str(conf), "-N", "1"], port, tmp / f"danted-{port}.log"):
         yield port
+
+
+#: A SOCKS4/SOCKS4a server on the port given as argv[1], logging each CONNECT (with
+#: the destination as the client named it: a host name only under SOCKS4a) to stderr.
+_TINY_SOCKS4 = """
+import logging, sys
+import anyio
+from tiny_proxy import Socks4ProxyHandler
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+
+async def main():
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=int(sys.argv[1]))
+    await listener.serve(Socks4ProxyHandler().handle)
+
+anyio.run(main)
+"""
+
+
+@contextlib.contextmanager
+def tiny_socks4(tmp: Path) -> Iterator[tuple[int, Path]]:
+    """SOCKS4 and SOCKS4a without auth (tiny-proxy); yields its port and its log."""
+    if importlib.util.find_spec("tiny_proxy") is None:
+        pytest.fail("tiny-proxy is missing: run scripts/setup (it is in the test extras)")
+    port = free_port()
+    log = tmp / f"tiny-socks4-{port}.log"
+    with _run([sys.executable, "-c", _TINY_SOCKS4, str(port)], port, log):
+        yield port, log
 
 
 @contextlib.contextmanager

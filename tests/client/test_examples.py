@@ -38,6 +38,15 @@ async def test_unix_socket_example() -> None:
     assert await run(str(EXAMPLES / "unix_socket.py")) == "over a Unix socket\n"
 
 
+async def test_server_hooks_example() -> None:
+    assert (await run(str(EXAMPLES / "server_hooks.py"))).splitlines() == [
+        "/health: HTTP/1.1 200 OK",
+        "no token: refused with 403",
+        "with a token: X-Session session-for-s3",
+        "echo: hello",
+    ]
+
+
 async def test_sync_client_example() -> None:
     async with epws_server(echo) as server:
         url = f"ws://127.0.0.1:{server.port}/"

@@ -140,8 +140,6 @@ async def test_proxy_that_is_down_says_so(clean_env: pytest.MonkeyPatch) -> None
 # ---------------------------------------------------------------- SOCKS
 
 
-# socks4a (name resolved by the proxy) is passed to python-socks like socks5h, but
-# dante does not speak it, so it has no test here.
 @pytest.mark.parametrize("scheme", ["socks5", "socks5h", "socks4"])
 async def test_through_socks(tmp_path: Path, scheme: str, clean_env: pytest.MonkeyPatch) -> None:
     async with epws_server(echo) as server:
@@ -150,6 +148,21 @@ async def test_through_socks(tmp_path: Path, scheme: str, clean_env: pytest.Monk
             await roundtrip(
                 f"ws://{host}:{server.port}/", pport, proxy=f"{scheme}://127.0.0.1:{pport}"
             )
+
+
+@pytest.mark.parametrize(("scheme", "named"), [("socks4a", "localhost"), ("socks4", "127.0.0.1")])
+async def test_socks4a_lets_the_proxy_resolve_the_name(
+    tmp_path: Path, scheme: str, named: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    """socks4a:// hands the host name to the proxy (dante cannot: tiny-proxy can);
+    socks4:// resolves it first and sends the address, as SOCKS4 must."""
+    async with epws_server(echo) as server:
+        with proxies.tiny_socks4(tmp_path) as (pport, log):
+            await roundtrip(
+                f"ws://localhost:{server.port}/", pport, proxy=f"{scheme}://127.0.0.1:{pport}"
+            )
+            # The proxy's own record of what the client asked it to connect to.
+            assert f"-> ('{named}', {server.port})" in log.read_text()
 
 
 async def test_socks_refusal_is_a_proxy_error(

@@ -2,8 +2,10 @@
 
 One asyncio protocol object reads the HTTP request (bounded in size and time), asks
 the application's ``process_request`` whether to answer it as plain HTTP (a page, a
-404), and otherwise upgrades: it writes the 101 response and hands the transport to a
-:class:`~epws.asyncio.conn.Conn`, then runs the application's handler in a task.
+404), and otherwise upgrades: it negotiates, shows the 101 response to the
+application's ``process_response`` (which may add headers or refuse instead), writes
+it and hands the transport to a :class:`~epws.asyncio.conn.Conn`, then runs the
+application's handler in a task.
 """
 
 from __future__ import annotations
@@ -25,15 +27,23 @@ from ..exceptions import BadOrigin, ConnectionClosed, HandshakeError
 from ..protocol.connection import Connection, MessageCodec, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
-    build_response,
+    SWITCHING_PROTOCOLS,
     check_origin_same,
     check_request,
     is_upgrade_request,
     origin_allowed,
+    response_fields,
     select_subprotocol,
     upgrade_required,
 )
-from ..protocol.http11 import Request, RequestParser, build_http_response
+from ..protocol.http11 import (
+    Headers,
+    Request,
+    RequestParser,
+    Response,
+    build_http_response,
+    render_head,
+)
 from .conn import Conn
 from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
 
@@ -43,6 +53,21 @@ logger = logging.getLogger("epws.server")
 
 Handler = Callable[[Conn], Awaitable[None] | None]
 ProcessRequest = Callable[[Request], "Awaitable[HTTPResponse | None] | HTTPResponse | None"]
+ProcessResponse = Callable[
+    [Request, Response], "Awaitable[HTTPResponse | None] | HTTPResponse | None"
+]
+
+#: The fields of the 101 that carry the negotiation: the connection is set up from
+#: what was negotiated, so ``process_response`` may not change them (see serve()).
+_NEGOTIATED = frozenset(
+    {
+        "upgrade",
+        "connection",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -142,6 +167,11 @@ class Upgrader:
 
         Raises HandshakeError (with the status to answer) when the request is refused.
         """
+        fields, proto, subprotocol = self._negotiate(request)
+        return render_head(SWITCHING_PROTOCOLS, fields), proto, subprotocol
+
+    def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], Connection, str | None]:
+        """:meth:`negotiate`, with the 101's header fields not rendered yet."""
         key = check_request(request)
         if not self.origin_ok(request):
             raise BadOrigin(f"origin {request.headers.get('Origin')!r} not allowed")
@@ -150,14 +180,14 @@ class Upgrader:
         extensions: str | None = None
         if self.compression is not None:
             codec, extensions = self.compression.server_negotiate(request)
-        response = build_response(
+        fields = response_fields(
             key,
             subprotocol=subprotocol,
             extensions=extensions,
             extra_headers=self.extra_headers,
         )
         proto = Connection(Side.SERVER, max_size=self.read_limit, codec=codec)
-        return response, proto, subprotocol
+        return fields, proto, subprotocol
 
 
 def _still_open(conn: Conn) -> bool:
@@ -183,11 +213,16 @@ class Server:
     """
 
     def __init__(
-        self, upgrader: Upgrader, handler: Handler, process_request: ProcessRequest | None
+        self,
+        upgrader: Upgrader,
+        handler: Handler,
+        process_request: ProcessRequest | None,
+        process_response: ProcessResponse | None = None,
     ) -> None:
         self.upgrader = upgrader
         self.handler = handler
         self.process_request = process_request
+        self.process_response = process_response
         self.connections: set[Conn] = set()
         # Handler tasks (async handlers), awaited by close().
         self._tasks: set[asyncio.Task[None]] = set()
@@ -582,36 +617,61 @@ class _HTTPProtocol(asyncio.Protocol):
             return
         self._parser = None
         transport.pause_reading()
+        rest = parser.rest
         process = self._server.process_request
-        if process is not None:
-            result = process(request)
-            if inspect.isawaitable(result):
-                self._pending = asyncio.get_running_loop().create_task(
-                    self._finish_async(request, parser.rest, result)
-                )
-                return
+        if process is None:
+            self._upgrade(request, rest)
+            return
+
+        def then(result: HTTPResponse | None) -> None:
             if result is not None:
                 self._answer(request, result)
-                return
-        self._upgrade(request, parser.rest)
+            else:
+                self._upgrade(request, rest)
+
+        self._call_hook("process_request", lambda: process(request), then)
+
+    def _call_hook(
+        self,
+        name: str,
+        call: Callable[[], Awaitable[HTTPResponse | None] | HTTPResponse | None],
+        then: Callable[[HTTPResponse | None], None],
+    ) -> None:
+        """Run an application hook (sync or async) and go on with ``then(result)``.
+
+        A hook that raises is answered 500 (and logged). An async one runs in a task
+        while the handshake stays open: still bounded by ``handshake_timeout``, ended
+        (503) by :meth:`Server.close`, cancelled if the client goes.
+        """
+        try:
+            result = call()
+        except Exception:
+            logger.exception("%s failed", name)
+            result = HTTPResponse(500, "Internal Server Error\n")
+        if inspect.isawaitable(result):
+            self._pending = asyncio.get_running_loop().create_task(
+                self._finish_async(name, result, then)
+            )
+            return
+        then(result)
 
     async def _finish_async(
-        self, request: Request, rest: bytes, pending: Awaitable[HTTPResponse | None]
+        self,
+        name: str,
+        pending: Awaitable[HTTPResponse | None],
+        then: Callable[[HTTPResponse | None], None],
     ) -> None:
         try:
             result = await pending
         except Exception:
-            logger.exception("process_request failed")
+            logger.exception("%s failed", name)
             result = HTTPResponse(500, "Internal Server Error\n")
         if self._pending is not asyncio.current_task():
             return  # shut down or lost meanwhile: that path answered (or nobody listens)
         self._pending = None
         if self._transport is None or self._transport.is_closing():
             return
-        if result is not None:
-            self._answer(request, result)
-        else:
-            self._upgrade(request, rest)
+        then(result)
 
     def _answer(self, request: Request, response: HTTPResponse) -> None:
         self._done()
@@ -647,13 +707,51 @@ class _HTTPProtocol(asyncio.Protocol):
             self._refuse(upgrade_required("this resource only speaks WebSocket"), request)
             return
         up = server.upgrader
+        hook = server.process_response
         try:
-            response, proto, subprotocol = up.negotiate(request)
+            if hook is None:
+                head, proto, subprotocol = up.negotiate(request)
+            else:
+                fields, proto, subprotocol = up._negotiate(request)
         except HandshakeError as exc:
             self._refuse(exc, request)
             return
+        if hook is None:
+            self._switch(request, rest, head, proto, subprotocol)
+            return
+        # Only when the application asks to see it is the 101 made an object.
+        response = Response(101, "Switching Protocols", Headers(fields))
+
+        def then(result: HTTPResponse | None) -> None:
+            if result is not None:
+                self._answer(request, result)
+                return
+            head = _render_101(response, fields)
+            if head is None:
+                self._answer(request, HTTPResponse(500, "Internal Server Error\n"))
+                return
+            self._switch(request, rest, head, proto, subprotocol)
+
+        self._call_hook("process_response", lambda: hook(request, response), then)
+
+    def _switch(
+        self,
+        request: Request,
+        rest: bytes,
+        head: bytes,
+        proto: Connection,
+        subprotocol: str | None,
+    ) -> None:
+        """Write the 101 and hand the transport to a new Conn; the handler starts."""
+        server = self._server
+        transport = self._transport
+        assert transport is not None
+        if server._closing:
+            self.shut_down()
+            return
+        up = server.upgrader
         self._done()
-        transport.write(response)
+        transport.write(head)
         request.headers.compact()
         conn = Conn(
             proto,
@@ -675,6 +773,32 @@ class _HTTPProtocol(asyncio.Protocol):
         conn._inbound.hand_over(rest)
 
 
+def _render_101(response: Response, fields: list[tuple[str, str]]) -> bytes | None:
+    """The 101 as ``process_response`` left it, or None (logged) if it broke it.
+
+    Strict: the connection is set up from what was negotiated, so a hook that changed
+    the status or a negotiated field (:data:`_NEGOTIATED`), or added a header that
+    cannot be sent, gets a 500 rather than a 101 that the connection would contradict.
+    """
+
+    def negotiated(items: Any) -> list[tuple[str, str]]:
+        return [(n.lower(), v) for n, v in items if n.lower() in _NEGOTIATED]
+
+    if response.status != 101:
+        logger.error(
+            "process_response set status %s; return an HTTPResponse to refuse", response.status
+        )
+        return None
+    if negotiated(response.headers) != negotiated(fields):
+        logger.error("process_response changed a negotiated header of the 101; refused with 500")
+        return None
+    try:
+        return render_head(SWITCHING_PROTOCOLS, response.headers)
+    except ValueError:
+        logger.exception("process_response added a header that cannot be sent")
+        return None
+
+
 async def serve(
     handler: Handler,
     host: str | Sequence[str] | None = None,
@@ -682,6 +806,7 @@ async def serve(
     *,
     upgrader: Upgrader | None = None,
     process_request: ProcessRequest | None = None,
+    process_response: ProcessResponse | None = None,
     ssl: ssl_module.SSLContext | None = None,
     sock: socket.socket | None = None,
     reuse_port: bool = False,
@@ -693,6 +818,18 @@ async def serve(
     ``process_request(request)`` (sync or async) is asked first for every request:
     return an :class:`HTTPResponse` to answer with plain HTTP (a page, a 404),
     or None to go on with the upgrade. Without it, every request must be an upgrade.
+
+    ``process_response(request, response)`` (sync or async) is asked once the upgrade
+    is negotiated, before the 101 is written: ``response`` is that 101
+    (:class:`~epws.protocol.http11.Response`), whose ``headers`` it may extend or change
+    (``add``, ``set``, ``remove``: a cookie, a request id, a header that depends on the
+    request); return None to send it, or an :class:`HTTPResponse` to refuse the upgrade
+    with that answer instead (the handler never runs). The status and the fields that
+    carry the negotiation (``Upgrade``, ``Connection``, ``Sec-WebSocket-Accept``,
+    ``-Protocol``, ``-Extensions``) are what the connection is set up from: a hook that
+    changes them, or that raises, gets a 500. Both hooks run within
+    ``handshake_timeout``, and :meth:`Server.close` answers the ones still running 503.
+
     ``kwargs`` are :class:`Upgrader` fields when no ``upgrader`` is given.
 
     An ``async`` handler runs in a task: when it returns the connection is closed
@@ -709,7 +846,7 @@ async def serve(
         upgrader = Upgrader(**kwargs)
     elif kwargs:
         raise TypeError("pass either an upgrader or Upgrader fields, not both")
-    server = Server(upgrader, handler, process_request)
+    server = Server(upgrader, handler, process_request, process_response)
     loop = asyncio.get_running_loop()
     if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
         # asyncio's own accept loop floods the log at the fd limit: use ours.
@@ -747,6 +884,7 @@ async def unix_serve(
     *,
     upgrader: Upgrader | None = None,
     process_request: ProcessRequest | None = None,
+    process_response: ProcessResponse | None = None,
     ssl: ssl_module.SSLContext | None = None,
     backlog: int = 1024,
     **kwargs: Any,
@@ -774,6 +912,7 @@ async def unix_serve(
         handler,
         upgrader=upgrader,
         process_request=process_request,
+        process_response=process_response,
         ssl=ssl,
         sock=sock,
         backlog=backlog,

@@ -23,6 +23,7 @@ from .http11 import Headers, Request, Response, is_request_target, render_head
 
 __all__ = [
     "GUID",
+    "SWITCHING_PROTOCOLS",
     "accept_key",
     "build_request",
     "build_response",
@@ -32,6 +33,7 @@ __all__ = [
     "generate_key",
     "is_upgrade_request",
     "origin_allowed",
+    "response_fields",
     "select_subprotocol",
     "upgrade_required",
 ]
@@ -210,6 +212,32 @@ def select_subprotocol(request: Request, supported: Sequence[str]) -> str | None
     return None
 
 
+#: The status line of every successful opening handshake.
+SWITCHING_PROTOCOLS = "HTTP/1.1 101 Switching Protocols"
+
+
+def response_fields(
+    key: str,
+    *,
+    subprotocol: str | None = None,
+    extensions: str | None = None,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> list[tuple[str, str]]:
+    """The header fields of the ``101`` answer to a request carrying ``key`` (§4.2.2),
+    for a server that lets the application see or extend them before they are sent."""
+    headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_key(key)),
+    ]
+    if subprotocol is not None:
+        headers.append(("Sec-WebSocket-Protocol", subprotocol))
+    if extensions is not None:
+        headers.append(("Sec-WebSocket-Extensions", extensions))
+    headers.extend(extra_headers)
+    return headers
+
+
 def build_response(
     key: str,
     *,
@@ -221,17 +249,10 @@ def build_response(
 
     Raises ValueError if any header value holds CR, LF, NUL or another control character.
     """
-    headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept_key(key)),
-    ]
-    if subprotocol is not None:
-        headers.append(("Sec-WebSocket-Protocol", subprotocol))
-    if extensions is not None:
-        headers.append(("Sec-WebSocket-Extensions", extensions))
-    headers.extend(extra_headers)
-    return render_head("HTTP/1.1 101 Switching Protocols", headers)
+    fields = response_fields(
+        key, subprotocol=subprotocol, extensions=extensions, extra_headers=extra_headers
+    )
+    return render_head(SWITCHING_PROTOCOLS, fields)
 
 
 # --------------------------------------------------------------------------- client side

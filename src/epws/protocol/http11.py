@@ -121,6 +121,31 @@ class Headers:
         if self._index is not None:
             self._index.setdefault(ascii_lower(name), []).append(value)
 
+    def set(self, name: str, value: str) -> None:
+        """Make ``value`` the only value of ``name``: the first such field keeps its
+        place, later ones go; appended when there was none."""
+        key = ascii_lower(name)
+        fields = self._fields()
+        out: list[tuple[str, str]] = []
+        placed = False
+        for field in fields:
+            if ascii_lower(field[0]) != key:
+                out.append(field)
+            elif not placed:
+                out.append((name, value))
+                placed = True
+        if not placed:
+            out.append((name, value))
+        fields[:] = out
+        self._index = None
+
+    def remove(self, name: str) -> None:
+        """Remove every field named ``name`` (nothing happens when there is none)."""
+        key = ascii_lower(name)
+        fields = self._fields()
+        fields[:] = [field for field in fields if ascii_lower(field[0]) != key]
+        self._index = None
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and ascii_lower(name) in self._lookup()
 
