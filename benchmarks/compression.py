@@ -35,7 +35,7 @@ from typing import Any
 
 import epws
 from epws.prepared import PreparedMessage
-from epws.protocol.connection import Connection, Side
+from epws.protocol import Protocol, Side
 from epws.protocol.deflate import DeflateCodec, PerMessageDeflate
 from epws.protocol.http11 import Headers, Request, Response
 
@@ -127,14 +127,14 @@ def memory(n: int) -> dict[str, float]:
         frames = []
         for _ in range(n):
             _, client_codec = negotiate(settings)
-            frames.append(Connection(Side.CLIENT, codec=client_codec).send_binary(msg))
+            frames.append(Protocol(Side.CLIENT, codec=client_codec).send_binary(msg))
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         conns = []
         for frame in frames:
             server_codec, _ = negotiate(settings)
-            conn = Connection(Side.SERVER, max_size=1 << 20, codec=server_codec)
+            conn = Protocol(Side.SERVER, max_size=1 << 20, codec=server_codec)
             assert conn.receive_data(frame) == [msg]
             conn.send_binary(msg)
             conns.append(conn)
@@ -150,8 +150,8 @@ def cpu(kind: str, messages: list[bytes], rounds: int) -> dict[str, tuple[float,
     result = {}
     for name, settings in SETTINGS.items():
         server_codec, client_codec = negotiate(settings)
-        server = Connection(Side.SERVER, max_size=None, codec=server_codec)
-        client = Connection(Side.CLIENT, max_size=None, codec=client_codec)
+        server = Protocol(Side.SERVER, max_size=None, codec=server_codec)
+        client = Protocol(Side.CLIENT, max_size=None, codec=client_codec)
         wire = raw = 0
         start = time.perf_counter()
         for _ in range(rounds):
@@ -168,7 +168,7 @@ def cpu(kind: str, messages: list[bytes], rounds: int) -> dict[str, tuple[float,
 def broadcast(n: int, payload: bytes) -> dict[str, float]:
     result = {}
     for name, settings in SETTINGS.items():
-        conns = [Connection(Side.SERVER, codec=negotiate(settings)[0]) for _ in range(n)]
+        conns = [Protocol(Side.SERVER, codec=negotiate(settings)[0]) for _ in range(n)]
         times = []
         for _ in range(5):
             message = PreparedMessage(epws.MessageType.TEXT, payload)

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of Connection.receive_data, both sides (atheris).
+"""Coverage-guided fuzzing of Protocol.receive_data, both sides (atheris).
 
 One input's head (see layout.py) decides the side, the compression, the read limit,
 the split points and the max_messages bounds; the rest is the wire. The input is
@@ -17,7 +17,7 @@ import atheris
 from layout import CUTS, CUTS_SIZE, Head
 
 with atheris.instrument_imports():
-    from epws.protocol.connection import Close, Connection, Failure, Ping, Pong, Side
+    from epws.protocol import Close, Failure, Ping, Pong, Protocol, Side
     from epws.protocol.deflate import DeflateCodec
 
 _CODES = {1002, 1007, 1009}
@@ -66,8 +66,8 @@ def TestOneInput(data: bytes) -> None:
     bounds = [head.pick(BOUNDS) for _ in range(CUTS + 1)][: len(cuts) + 1]
     wire = head.wire
 
-    def make() -> Connection:
-        return Connection(
+    def make() -> Protocol:
+        return Protocol(
             side,
             max_size=max_size,
             codec=DeflateCodec(decompress_takeover=True) if compressed else None,

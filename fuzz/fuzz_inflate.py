@@ -17,7 +17,7 @@ from layout import CUTS_SIZE, Head
 
 with atheris.instrument_imports():
     from epws.exceptions import MessageTooBig, ProtocolError
-    from epws.protocol.connection import InflateError
+    from epws.protocol import InflateError
     from epws.protocol.deflate import DeflateCodec
 
 

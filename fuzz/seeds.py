@@ -14,7 +14,7 @@ from pathlib import Path
 
 from layout import CUTS, cuts_block
 
-from epws.protocol.connection import Connection, Side
+from epws.protocol import Protocol, Side
 from epws.protocol.deflate import DeflateCodec
 from epws.protocol.handshake import build_request
 
@@ -26,7 +26,7 @@ def deflated(payload: bytes, flush: int = zlib.Z_SYNC_FLUSH) -> bytes:
 
 
 def frames(side: Side, compressed: bool) -> bytes:
-    peer = Connection(side, codec=DeflateCodec() if compressed else None)
+    peer = Protocol(side, codec=DeflateCodec() if compressed else None)
     return b"".join(
         [
             peer.send_text("héllo " * 20),

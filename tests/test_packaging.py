@@ -61,7 +61,7 @@ def test_library_wheel_has_no_application_and_no_script(tmp_path: Path) -> None:
         meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = whl.read(meta).decode()
     assert "epws/__init__.py" in names
-    assert "epws/protocol/connection.py" in names
+    assert "epws/protocol/protocol.py" in names
     assert "epws/py.typed" in names
     assert not any(n.startswith("epws_chat") for n in names), tops
     assert not any(n.endswith("entry_points.txt") for n in names), "a console script"

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, MutableSet
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote
 
 from .asyncio.conn import Conn
 from .exceptions import ConnectionClosed, HandshakeError
-from .protocol.connection import Connection, MessageCodec, Side
+from .protocol import MessageCodec, Protocol, Side
 from .protocol.deflate import PerMessageDeflate
 from .protocol.handshake import build_response, check_request
 from .protocol.headers import parse_token_list
@@ -80,7 +81,7 @@ _DONE = 3  # refused, denial response sent, or connection gone before accepting
 _EARLY_LIMIT = 65536
 
 
-class UvicornConfig(Protocol):
+class UvicornConfig(typing.Protocol):
     """The attributes of ``uvicorn.Config`` this module reads."""
 
     loaded: bool
@@ -96,7 +97,7 @@ class UvicornConfig(Protocol):
     def load(self) -> None: ...
 
 
-class UvicornServerState(Protocol):
+class UvicornServerState(typing.Protocol):
     """The attributes of ``uvicorn.server.ServerState`` this module uses.
 
     ``connections`` holds every protocol object whose TCP connection is open (uvicorn's
@@ -510,12 +511,12 @@ class WebSocketProtocol(asyncio.Protocol):
             extra_headers=_merge_default(self.default_headers, headers),
         )
         self._log("[accepted]")
-        proto = Connection(Side.SERVER, max_size=self.config.ws_max_size, codec=self._codec)
+        protocol = Protocol(Side.SERVER, max_size=self.config.ws_max_size, codec=self._codec)
         # The Conn keeps no request: the app has every field of it in the scope.
         # uvicorn's keepalive is the Conn's (one entry in the loop's deadline queue, no
         # timer per connection); 0 turns either off, as in uvicorn.
         conn = Conn(
-            proto,
+            protocol,
             max_queue=self.config.ws_max_queue,
             close_timeout=CLOSE_TIMEOUT,
             subprotocol=subprotocol,

@@ -10,7 +10,7 @@ for them the message is encoded on each write.
 from __future__ import annotations
 
 from .exceptions import InvalidState
-from .protocol.connection import Connection, Side
+from .protocol import Protocol, Side
 from .protocol.frames import MessageType, encode_frame
 
 __all__ = ["PreparedMessage"]
@@ -40,20 +40,20 @@ class PreparedMessage:
             frame = self._frame = encode_frame(self.message_type, self.data)
         return frame
 
-    def frame_for(self, proto: Connection) -> bytes:
-        """The bytes to write on ``proto``'s connection (and account for it there)."""
-        if proto.close_sent is not None:
+    def frame_for(self, protocol: Protocol) -> bytes:
+        """The bytes to write on ``protocol``'s connection (and account for it there)."""
+        if protocol.close_sent is not None:
             raise InvalidState("cannot send after the close frame was sent")
-        if proto.side is Side.CLIENT:
-            return proto.send_message(self.message_type, self.data)
-        codec = proto.codec
+        if protocol.side is Side.CLIENT:
+            return protocol.send_message(self.message_type, self.data)
+        codec = protocol.codec
         if codec is None:
             return self.frame
         key = getattr(codec, "shared_key", None)
         if key is None:
             # A codec with context takeover depends on this connection's history.
-            return proto.send_message(self.message_type, self.data)
+            return protocol.send_message(self.message_type, self.data)
         frame = self._compressed.get(key)
         if frame is None:
-            frame = self._compressed[key] = proto.send_message(self.message_type, self.data)
+            frame = self._compressed[key] = protocol.send_message(self.message_type, self.data)
         return frame

@@ -545,7 +545,7 @@ async def test_close_while_reading_is_paused() -> None:
         with pytest.raises(ConnectionClosedOK):
             async with asyncio.timeout(5):
                 await reader
-        assert sconn._proto.close_rcvd is not None, "server never read the close reply"
+        assert sconn._protocol.close_rcvd is not None, "server never read the close reply"
         assert elapsed < 1.0
         cap.release.set()
 

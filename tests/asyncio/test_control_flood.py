@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import epws
-from epws.protocol.connection import PONG_BACKLOG
+from epws.protocol import PONG_BACKLOG
 
 from .wsraw import RawClient, close_frame, request_bytes
 

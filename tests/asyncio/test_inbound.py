@@ -137,7 +137,7 @@ async def test_item12_compressed_burst_inflates_no_further_than_the_queue() -> N
         raw = await RawClient.connect(server.port, extra=DEFLATE)
         try:
             sconn = await cap.conn
-            assert sconn._proto.codec is not None, "permessage-deflate not negotiated"
+            assert sconn._protocol.codec is not None, "permessage-deflate not negotiated"
             with traced() as peak:
                 raw.send(wire)
                 await raw.writer.drain()

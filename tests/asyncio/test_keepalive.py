@@ -19,7 +19,7 @@ import pytest
 
 import epws
 from epws.asyncio.conn import KEEPALIVE_PAYLOAD
-from epws.protocol.connection import Connection, Side
+from epws.protocol import Protocol, Side
 from epws.protocol.handshake import accept_key
 
 from .wsraw import RawClient, frame
@@ -345,7 +345,7 @@ async def test_keepalive_parameters_are_checked() -> None:
     bad: tuple[float, float | None]
     for bad in ((0, None), (1, -1)):
         with pytest.raises(ValueError, match="positive"):
-            epws.Conn(Connection(Side.CLIENT), ping_interval=bad[0], ping_timeout=bad[1])
+            epws.Conn(Protocol(Side.CLIENT), ping_interval=bad[0], ping_timeout=bad[1])
 
 
 # ---------------------------------------------------------------- the ping payload

@@ -14,17 +14,17 @@ import zlib
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from epws.protocol.connection import Close, Connection, Event, Ping, Pong, Side
+from epws.protocol import Close, Event, Ping, Pong, Protocol, Side
 from epws.protocol.deflate import DeflateCodec
 
-from .test_connection import STREAM, STREAM_EVENTS, norm, raw
+from .test_protocol import STREAM, STREAM_EVENTS, norm, raw
 
 
 def is_data(ev: Event) -> bool:
     return isinstance(ev, str | bytes)
 
 
-def drain(conn: Connection, n: int) -> list[Event]:
+def drain(conn: Protocol, n: int) -> list[Event]:
     """Resume with room for ``n`` until a call makes no progress."""
     out: list[Event] = []
     while True:
@@ -44,7 +44,7 @@ def deflated(payload: bytes) -> bytes:
 
 
 def test_max_messages_counts_only_data_messages() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     events = conn.receive_data(STREAM, max_messages=1)
     # The first message, then the ping behind it; the binary message waits.
     assert norm(events) == [STREAM_EVENTS[0], STREAM_EVENTS[1]]
@@ -58,7 +58,7 @@ def test_max_messages_counts_only_data_messages() -> None:
 
 
 def test_max_messages_zero_handles_control_frames_up_to_the_next_data_frame() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     data = raw(9, b"a") + raw(10, b"b") + raw(2, b"data") + raw(9, b"c")
     assert norm(conn.receive_data(data, max_messages=0)) == [("ping", b"a"), ("pong", b"b")]
     assert conn.input_buffered == len(raw(2, b"data") + raw(9, b"c"))
@@ -70,7 +70,7 @@ def test_max_messages_zero_handles_control_frames_up_to_the_next_data_frame() ->
 
 
 def test_max_messages_zero_stops_inside_a_fragmented_message() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     first = raw(1, b"ab", fin=False)
     data = first + raw(9, b"p") + raw(0, b"cd", fin=False)
     assert norm(conn.receive_data(data, max_messages=1)) == [("ping", b"p")]
@@ -81,7 +81,7 @@ def test_max_messages_zero_stops_inside_a_fragmented_message() -> None:
 
 
 def test_max_messages_zero_stops_inside_a_frame_payload() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     frame = raw(2, bytes(1000))
     assert conn.receive_data(frame[:100], max_messages=1) == []
     assert conn.receive_data(frame[100:], max_messages=0) == []
@@ -91,11 +91,11 @@ def test_max_messages_zero_stops_inside_a_frame_payload() -> None:
 
 def test_negative_max_messages_is_refused() -> None:
     with pytest.raises(ValueError, match="max_messages"):
-        Connection(Side.SERVER).receive_data(b"", max_messages=-1)
+        Protocol(Side.SERVER).receive_data(b"", max_messages=-1)
 
 
 def test_input_buffered_counts_an_incomplete_frame() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     frame = raw(2, b"x" * 10)
     assert conn.receive_data(frame[:3]) == []
     assert conn.input_buffered == 3
@@ -104,14 +104,14 @@ def test_input_buffered_counts_an_incomplete_frame() -> None:
 
 
 def test_buffered_input_is_parsed_after_eof() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     conn.receive_data(raw(1, b"a") + raw(1, b"b") + raw(8, b"\x03\xe8"), max_messages=1)
     conn.receive_eof()
     assert conn.failed  # as far as is known yet: no close frame seen
     events = conn.receive_data(raw(1, b"ignored after eof"), max_messages=1)
     assert norm(events) == ["b", ("close", 1000, "")]
     assert not conn.failed
-    other = Connection(Side.SERVER)
+    other = Protocol(Side.SERVER)
     other.receive_data(raw(1, b"a") + raw(1, b"b"), max_messages=1)
     other.receive_eof()
     assert other.failed
@@ -127,7 +127,7 @@ def test_compressed_messages_are_not_inflated_before_there_is_room() -> None:
     count = 40
     wire = frame * count
     assert len(wire) < size  # 40 messages of 256 KiB each in a few KiB
-    conn = Connection(Side.SERVER, max_size=size, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, max_size=size, codec=DeflateCodec())
     tracemalloc.start()
     try:
         events = conn.receive_data(wire, max_messages=1)
@@ -147,7 +147,7 @@ def test_compressed_messages_are_not_inflated_before_there_is_room() -> None:
 # ---------------------------------------------------------------- any split, any bounds
 
 
-def feed(conn: Connection, data: bytes, cuts: list[int], bounds: list[int | None]) -> list[Event]:
+def feed(conn: Protocol, data: bytes, cuts: list[int], bounds: list[int | None]) -> list[Event]:
     out: list[Event] = []
     prev = 0
     for i, cut in enumerate([*sorted(set(cuts)), len(data)]):
@@ -170,7 +170,7 @@ def control_kinds(events: list[Event]) -> list[type]:
     st.lists(st.none() | st.integers(min_value=0, max_value=3), min_size=1, max_size=8),
 )
 def test_any_split_any_bounds_same_events(cuts: list[int], bounds: list[int | None]) -> None:
-    assert norm(feed(Connection(Side.SERVER), STREAM, cuts, bounds)) == STREAM_EVENTS
+    assert norm(feed(Protocol(Side.SERVER), STREAM, cuts, bounds)) == STREAM_EVENTS
 
 
 COMPRESSED_STREAM = (
@@ -198,14 +198,14 @@ COMPRESSED_EVENTS = [
     st.lists(st.none() | st.integers(min_value=0, max_value=2), min_size=1, max_size=8),
 )
 def test_any_split_any_bounds_compressed(cuts: list[int], bounds: list[int | None]) -> None:
-    conn = Connection(Side.SERVER, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, codec=DeflateCodec())
     assert norm(feed(conn, COMPRESSED_STREAM, cuts, bounds)) == COMPRESSED_EVENTS
 
 
 def test_input_after_a_close_found_in_held_back_input_is_ignored() -> None:
     """Found by fuzz/fuzz_frames.py: resuming on held-back input that ended with a
     close frame forgot that the close was seen, so later input was parsed (1002)."""
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     assert conn.receive_data(raw(1, b"a") + raw(8, b""), max_messages=0) == []
     assert norm(conn.receive_data(b"", max_messages=1)) == ["a", ("close", 1005, "")]
     assert conn.receive_data(raw(0, b"no message to continue")) == []

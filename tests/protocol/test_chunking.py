@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from epws.exceptions import HandshakeError
-from epws.protocol.connection import Connection, Event, Ping, Pong, Side
+from epws.protocol import Event, Ping, Pong, Protocol, Side
 from epws.protocol.deflate import DeflateCodec
 from epws.protocol.http11 import RequestParser, ResponseParser
 
-from .test_connection import norm, raw
+from .test_protocol import norm, raw
 
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -55,7 +55,7 @@ def test_compressed_text_over_the_limit_and_not_utf8_same_code_however_split(
     frame = raw(1, deflated(payload), rsv=4)
     results = set()
     for size in (len(frame), 1, 7, 100):
-        conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec())
+        conn = Protocol(Side.SERVER, max_size=limit, codec=DeflateCodec())
         events: list[Event] = []
         for piece in cut(frame, list(range(size, len(frame), size))):
             events += conn.receive_data(piece)
@@ -68,7 +68,7 @@ def test_compressed_text_with_a_character_across_the_limit_is_1009() -> None:
     payload = b"a" * (limit - 1) + "€".encode() * 10
     frame = raw(1, deflated(payload), rsv=4)
     for size in (len(frame), 1):
-        conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec())
+        conn = Protocol(Side.SERVER, max_size=limit, codec=DeflateCodec())
         events: list[Event] = []
         for piece in cut(frame, list(range(size, len(frame), size))):
             events += conn.receive_data(piece)
@@ -124,7 +124,7 @@ def frame_streams(draw: st.DrawFn, *, compressed: bool, server: bool) -> bytes:
 
 
 def run(side: Side, codec: bool, pieces: list[bytes], max_size: int) -> tuple[object, ...]:
-    conn = Connection(side, max_size=max_size, codec=DeflateCodec() if codec else None)
+    conn = Protocol(side, max_size=max_size, codec=DeflateCodec() if codec else None)
     events: list[Event] = []
     pongs = b""
     for piece in pieces:
@@ -133,7 +133,7 @@ def run(side: Side, codec: bool, pieces: list[bytes], max_size: int) -> tuple[ob
     # Each pong answers a ping, in order, and the last one answers the latest ping;
     # only a backlog of more than PONG_BACKLOG pings between two data_to_send() calls
     # drops the oldest (RFC 6455 §5.5.3), so how many depends on the split.
-    peer = Connection(Side.CLIENT if side is Side.SERVER else Side.SERVER, max_size=0)
+    peer = Protocol(Side.CLIENT if side is Side.SERVER else Side.SERVER, max_size=0)
     answered = [ev.payload for ev in peer.receive_data(pongs) if isinstance(ev, Pong)]
     pinged = iter([ev.payload for ev in events if isinstance(ev, Ping)])
     assert all(any(p == q for q in pinged) for p in answered)
@@ -254,7 +254,7 @@ def test_corrupt_data_just_past_the_limit_is_1009_however_split() -> None:
     failed the whole message with 1007, where pieces stopped at the limit (1009)."""
     frame = raw(2, bytes.fromhex("2a55010000"), rsv=4)
     for size in (len(frame), 1, len(frame) - 1):
-        conn = Connection(Side.SERVER, max_size=1, codec=DeflateCodec(decompress_bits=8))
+        conn = Protocol(Side.SERVER, max_size=1, codec=DeflateCodec(decompress_bits=8))
         events: list[Event] = []
         for piece in cut(frame, list(range(size, len(frame), size))):
             events += conn.receive_data(piece)
@@ -269,7 +269,7 @@ def test_random_compressed_bytes_same_code_however_split(wire: bytes, cuts: list
     frame = raw(1, wire, rsv=4)
 
     def codes(pieces: list[bytes]) -> list[object]:
-        conn = Connection(Side.SERVER, max_size=64, codec=DeflateCodec())
+        conn = Protocol(Side.SERVER, max_size=64, codec=DeflateCodec())
         events: list[Event] = []
         for piece in pieces:
             events += conn.receive_data(piece)
@@ -304,7 +304,7 @@ def test_reference_past_the_agreed_window_same_result_however_split(takeover: bo
     frame = raw(2, payload, rsv=4)
     results = set()
     for size in (len(frame), 1, 100, 1500, 3000):
-        conn = Connection(
+        conn = Protocol(
             Side.SERVER, codec=DeflateCodec(decompress_bits=10, decompress_takeover=takeover)
         )
         events: list[Event] = []

@@ -10,7 +10,7 @@ import pytest
 
 from epws import PerMessageDeflate
 from epws.exceptions import NegotiationError
-from epws.protocol.connection import Close, Connection, Failure, Side
+from epws.protocol import Close, Failure, Protocol, Side
 from epws.protocol.deflate import DeflateCodec
 from epws.protocol.frames import encode_frame
 from epws.protocol.http11 import Headers, Request, Response
@@ -53,29 +53,29 @@ class TestRFCExamples:
 
     @pytest.mark.parametrize("level", [1, 6, 9])
     def test_7_2_3_1_one_compressed_block(self, level: int) -> None:
-        server = Connection(Side.SERVER, codec=codec(level=level))
+        server = Protocol(Side.SERVER, codec=codec(level=level))
         assert server.send_text("Hello") == HELLO_1
-        client = Connection(Side.CLIENT, codec=codec())
+        client = Protocol(Side.CLIENT, codec=codec())
         assert client.receive_data(HELLO_1) == ["Hello"]
 
     def test_7_2_3_1_fragmented(self) -> None:
-        client = Connection(Side.CLIENT, codec=codec())
+        client = Protocol(Side.CLIENT, codec=codec())
         frames = bytes.fromhex("4103f248cd") + bytes.fromhex("8004c9c90700")
         assert client.receive_data(frames) == ["Hello"]
 
     def test_7_2_3_2_sharing_the_window(self) -> None:
-        server = Connection(Side.SERVER, codec=codec(compress_takeover=True))
+        server = Protocol(Side.SERVER, codec=codec(compress_takeover=True))
         assert server.send_text("Hello") == HELLO_1
         assert server.send_text("Hello") == HELLO_2
-        client = Connection(Side.CLIENT, codec=codec(decompress_takeover=True))
+        client = Protocol(Side.CLIENT, codec=codec(decompress_takeover=True))
         assert client.receive_data(HELLO_1 + HELLO_2) == ["Hello", "Hello"]
 
     def test_7_2_3_2_without_takeover_each_message_is_alone(self) -> None:
-        server = Connection(Side.SERVER, codec=codec(compress_takeover=False))
+        server = Protocol(Side.SERVER, codec=codec(compress_takeover=False))
         assert server.send_text("Hello") == HELLO_1
         assert server.send_text("Hello") == HELLO_1
         # A receiver that does not keep the window can't read the shared-window form.
-        client = Connection(Side.CLIENT, codec=codec(decompress_takeover=False))
+        client = Protocol(Side.CLIENT, codec=codec(decompress_takeover=False))
         events = client.receive_data(HELLO_1 + HELLO_2)
         assert events[0] == "Hello"
         assert isinstance(events[1], Failure) and events[1].code == 1007
@@ -83,24 +83,24 @@ class TestRFCExamples:
     def test_7_2_3_3_block_with_no_compression(self) -> None:
         frame = bytes.fromhex("c10b0005 00faff48656c6c6f00".replace(" ", ""))
         assert frame == bytes.fromhex("c10b000500faff48656c6c6f00")
-        client = Connection(Side.CLIENT, codec=codec())
+        client = Protocol(Side.CLIENT, codec=codec())
         assert client.receive_data(frame) == ["Hello"]
 
     def test_7_2_3_4_block_with_bfinal_set(self) -> None:
         frame = bytes.fromhex("c108f348cdc9c9070000")
-        client = Connection(Side.CLIENT, codec=codec(decompress_takeover=True))
+        client = Protocol(Side.CLIENT, codec=codec(decompress_takeover=True))
         # The inflater starts a new stream after the final block: the next message works.
         assert client.receive_data(frame + frame + HELLO_1) == ["Hello", "Hello", "Hello"]
 
     def test_7_2_3_5_two_blocks_in_one_message(self) -> None:
         frame = bytes.fromhex("c10df248050000 00ffffcac9c90700".replace(" ", ""))
-        client = Connection(Side.CLIENT, codec=codec())
+        client = Protocol(Side.CLIENT, codec=codec())
         assert client.receive_data(frame) == ["Hello"]
 
     def test_empty_message(self) -> None:
         for takeover in (False, True):
-            server = Connection(Side.SERVER, codec=codec(compress_takeover=takeover))
-            client = Connection(Side.CLIENT, codec=codec(decompress_takeover=takeover))
+            server = Protocol(Side.SERVER, codec=codec(compress_takeover=takeover))
+            client = Protocol(Side.CLIENT, codec=codec(decompress_takeover=takeover))
             data = server.send_text("") + server.send_text("") + server.send_text("Hello")
             assert data[0] == 0xC1  # compressed even when empty (threshold 0)
             assert client.receive_data(data) == ["", "", "Hello"]
@@ -445,8 +445,8 @@ SETTINGS = [
 def test_round_trip_both_ways(settings: dict[str, object]) -> None:
     cfg = PerMessageDeflate(**settings)  # type: ignore[arg-type]
     server_codec, client_codec = pair(cfg, cfg)
-    server = Connection(Side.SERVER, codec=server_codec)
-    client = Connection(Side.CLIENT, codec=client_codec)
+    server = Protocol(Side.SERVER, codec=server_codec)
+    client = Protocol(Side.CLIENT, codec=client_codec)
     messages: list[str | bytes] = [text_corpus(n, n) for n in (0, 3, 40, 400, 4000)]
     messages += [bytes(range(256)) * 20, b"\x00" * 70000, "é€😀" * 500]
     for message in messages * 2:
@@ -499,8 +499,8 @@ def test_no_takeover_compresses_the_same_for_every_connection() -> None:
 
 
 def test_threshold_and_per_message_switch() -> None:
-    server = Connection(Side.SERVER, codec=codec(threshold=100))
-    client = Connection(Side.CLIENT, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec(threshold=100))
+    client = Protocol(Side.CLIENT, codec=codec())
     small, large = "x" * 99, "x" * 100
     frames = [server.send_text(small), server.send_text(large)]
     frames.append(server.send_text(large, compress=False))
@@ -530,7 +530,7 @@ def test_fragmented_across_many_frames() -> None:
     data = masked(1, pieces[0], fin=False, rsv1=True)
     data += b"".join(masked(0, p, fin=False) for p in pieces[1:-1])
     data += masked(0, pieces[-1])
-    server = Connection(Side.SERVER, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec())
     events: list[object] = []
     rnd = random.Random(1)
     pos = 0
@@ -544,17 +544,17 @@ def test_fragmented_across_many_frames() -> None:
 def test_rsv1_rules() -> None:
     payload = compressed(b"Hello")
     # RSV1 on a continuation frame.
-    server = Connection(Side.SERVER, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec())
     events = server.receive_data(
         masked(1, payload[:2], fin=False, rsv1=True) + masked(0, payload[2:], rsv1=True)
     )
     assert isinstance(events[-1], Failure) and events[-1].code == 1002
     # RSV1 without a negotiated codec.
-    server = Connection(Side.SERVER)
+    server = Protocol(Side.SERVER)
     events = server.receive_data(masked(1, payload, rsv1=True))
     assert isinstance(events[-1], Failure) and events[-1].code == 1002
     # RSV1 on a control frame, even with a codec.
-    server = Connection(Side.SERVER, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec())
     ping = bytearray(masked(9, b"x"))
     ping[0] |= 0x40
     events = server.receive_data(bytes(ping))
@@ -562,7 +562,7 @@ def test_rsv1_rules() -> None:
 
 
 def test_corrupt_data_is_1007() -> None:
-    server = Connection(Side.SERVER, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec())
     events = server.receive_data(masked(2, b"\xff\xff\xff\xff", rsv1=True))
     assert len(events) == 1 and isinstance(events[0], Failure)
     assert events[0].code == 1007
@@ -570,7 +570,7 @@ def test_corrupt_data_is_1007() -> None:
 
 
 def test_valid_deflate_but_invalid_utf8_is_1007() -> None:
-    server = Connection(Side.SERVER, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec())
     events = server.receive_data(masked(1, compressed(b"ok \xed\xa0\x80"), rsv1=True))
     assert isinstance(events[0], Failure) and events[0].code == 1007
 
@@ -581,12 +581,12 @@ class TestReadLimit:
     LIMIT = 1 << 20
 
     def test_exactly_the_limit_is_accepted(self) -> None:
-        server = Connection(Side.SERVER, max_size=self.LIMIT, codec=codec())
+        server = Protocol(Side.SERVER, max_size=self.LIMIT, codec=codec())
         data = b"\x00" * self.LIMIT
         assert server.receive_data(masked(2, compressed(data), rsv1=True)) == [data]
 
     def test_one_byte_over_is_1009(self) -> None:
-        server = Connection(Side.SERVER, max_size=self.LIMIT, codec=codec())
+        server = Protocol(Side.SERVER, max_size=self.LIMIT, codec=codec())
         events = server.receive_data(masked(2, compressed(b"\x00" * (self.LIMIT + 1)), rsv1=True))
         assert len(events) == 1 and isinstance(events[0], Failure)
         assert events[0].code == 1009
@@ -596,7 +596,7 @@ class TestReadLimit:
         comp = zlib.compressobj(6, zlib.DEFLATED, -15)
         first = comp.compress(b"a" * 1000) + comp.flush(zlib.Z_SYNC_FLUSH)
         bomb = comp.compress(b"\x00" * (8 << 20)) + comp.flush(zlib.Z_SYNC_FLUSH)
-        server = Connection(Side.SERVER, max_size=1000, codec=codec())
+        server = Protocol(Side.SERVER, max_size=1000, codec=codec())
         assert server.receive_data(masked(2, first, fin=False, rsv1=True)) == []
         events = server.receive_data(masked(0, bomb[:-4]))
         assert len(events) == 1 and isinstance(events[0], Failure)
@@ -605,7 +605,7 @@ class TestReadLimit:
     def test_a_trailing_empty_frame_at_the_limit_is_fine(self) -> None:
         comp = zlib.compressobj(6, zlib.DEFLATED, -15)
         first = comp.compress(b"a" * 1000) + comp.flush(zlib.Z_SYNC_FLUSH)
-        server = Connection(Side.SERVER, max_size=1000, codec=codec())
+        server = Protocol(Side.SERVER, max_size=1000, codec=codec())
         events = server.receive_data(masked(2, first, fin=False, rsv1=True) + masked(0, b""))
         assert events == [b"a" * 1000]
 
@@ -618,7 +618,7 @@ class TestReadLimit:
         del zeros
         assert len(payload) < 20_000
         frame = masked(2, payload, rsv1=True)
-        server = Connection(Side.SERVER, max_size=self.LIMIT, codec=codec())
+        server = Protocol(Side.SERVER, max_size=self.LIMIT, codec=codec())
         tracemalloc.start()
         try:
             events = server.receive_data(frame)
@@ -630,7 +630,7 @@ class TestReadLimit:
         assert peak < 3 * self.LIMIT, peak  # 10 MiB if it were inflated first
 
     def test_no_limit(self) -> None:
-        server = Connection(Side.SERVER, max_size=None, codec=codec())
+        server = Protocol(Side.SERVER, max_size=None, codec=codec())
         data = b"\x00" * (3 << 20)
         assert server.receive_data(masked(2, compressed(data), rsv1=True)) == [data]
 
@@ -638,19 +638,19 @@ class TestReadLimit:
 def test_no_takeover_inflater_lives_only_during_a_message() -> None:
     """Memory: a connection without client context takeover holds no zlib state idle."""
     server_codec = codec(decompress_takeover=False)
-    server = Connection(Side.SERVER, codec=server_codec)
+    server = Protocol(Side.SERVER, codec=server_codec)
     payload = compressed(text_corpus(100).encode())
     server.receive_data(masked(1, payload[:10], fin=False, rsv1=True))
     assert server_codec._infl is not None
     server.receive_data(masked(0, payload[10:]))
     assert server_codec._infl is None
     keep = codec(decompress_takeover=True)
-    Connection(Side.SERVER, codec=keep).receive_data(masked(1, payload, rsv1=True))
+    Protocol(Side.SERVER, codec=keep).receive_data(masked(1, payload, rsv1=True))
     assert keep._infl is not None
 
 
 def test_close_during_compressed_message() -> None:
-    server = Connection(Side.SERVER, codec=codec())
+    server = Protocol(Side.SERVER, codec=codec())
     payload = compressed(b"Hello")
     events = server.receive_data(masked(1, payload[:3], fin=False, rsv1=True))
     events += server.receive_data(masked(8, b"\x03\xe8"))

@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from epws.protocol import frames
-from epws.protocol.connection import Close, Connection, Event, Ping, Pong, Side
+from epws.protocol import Close, Event, Ping, Pong, Protocol, Side, frames
 from epws.protocol.frames import (
     CloseCode,
     Opcode,
@@ -48,7 +47,7 @@ def fixed_mask(monkeypatch: pytest.MonkeyPatch):
 
 
 def parse(data: bytes, side: Side) -> list[Event]:
-    conn = Connection(side, max_size=None)
+    conn = Protocol(side, max_size=None)
     return conn.receive_data(data)
 
 
@@ -91,7 +90,7 @@ def test_rfc_decode_masked_text() -> None:
 
 
 def test_rfc_decode_unmasked_ping() -> None:
-    conn = Connection(Side.CLIENT)
+    conn = Protocol(Side.CLIENT)
     (event,) = conn.receive_data(bytes.fromhex("890548656c6c6f"))
     assert isinstance(event, Ping)
     assert event.payload == b"Hello"
@@ -108,7 +107,7 @@ def test_rfc_fragmented_unmasked_text(fixed_mask: list[bytes]) -> None:
     second = bytes.fromhex("80026c6f")
     assert encode_frame(Opcode.TEXT, b"Hel", fin=False) == first
     assert encode_frame(Opcode.CONT, b"lo") == second
-    conn = Connection(Side.CLIENT)
+    conn = Protocol(Side.CLIENT)
     assert conn.receive_data(first) == []
     assert conn.receive_data(second) == ["Hello"]
 

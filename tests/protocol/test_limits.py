@@ -16,11 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
-from epws.protocol import deflate
-from epws.protocol.connection import Connection, Event, Failure, Side
+from epws.protocol import Event, Failure, Protocol, Side, deflate
 from epws.protocol.deflate import DeflateCodec
 
-from .test_connection import norm, raw
+from .test_protocol import norm, raw
 
 LIMIT = 256 * 1024
 
@@ -31,7 +30,7 @@ def deflated(payload: bytes, level: int = 1) -> bytes:
     return out[:-4]
 
 
-def feed(conn: Connection, data: bytes, size: int) -> list[Event]:
+def feed(conn: Protocol, data: bytes, size: int) -> list[Event]:
     events: list[Event] = []
     for i in range(0, len(data), size):
         events += conn.receive_data(data[i : i + size])
@@ -87,7 +86,7 @@ def test_unfinished_message_of_tiny_fragments_costs_about_its_size(name: str, wi
     compressed messages.
     """
     codec = DeflateCodec(decompress_bits=9, decompress_takeover=True)
-    conn = Connection(Side.SERVER, max_size=SMALL, codec=codec)
+    conn = Protocol(Side.SERVER, max_size=SMALL, codec=codec)
     events, held, peak = traced(lambda: feed(conn, wire, 16384))
     assert events == []
     assert conn.input_buffered == 0
@@ -96,7 +95,7 @@ def test_unfinished_message_of_tiny_fragments_costs_about_its_size(name: str, wi
 
 
 def test_message_of_tiny_fragments_completes_within_3x_the_limit() -> None:
-    conn = Connection(Side.SERVER, max_size=SMALL)
+    conn = Protocol(Side.SERVER, max_size=SMALL)
     conn.receive_data(fragments(TEXT, 1))
     events, _, peak = traced(lambda: conn.receive_data(raw(0, b"!")))
     assert events == [TEXT.decode() + "!"]
@@ -105,7 +104,7 @@ def test_message_of_tiny_fragments_completes_within_3x_the_limit() -> None:
 
 
 def test_tiny_fragments_over_the_limit_still_fail_1009() -> None:
-    conn = Connection(Side.SERVER, max_size=SMALL)
+    conn = Protocol(Side.SERVER, max_size=SMALL)
     events = feed(conn, fragments(TEXT, 1) + raw(0, b"x" * 64), 65536)
     assert norm(events) == [("fail", 1009)]
 
@@ -126,12 +125,12 @@ def test_empty_final_blocks_are_refused_in_linear_time() -> None:
     """Item 11: 1 MiB of ``03 00`` took 11.8 s of CPU and was accepted (0 bytes)."""
     ordinary = bytes(range(256)) * 4096  # 1 MiB
     frame = raw(2, deflated(ordinary), rsv=4)
-    conn = Connection(Side.SERVER, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, codec=DeflateCodec())
     events, reference = cpu(lambda: feed(conn, frame, 65536))
     assert events == [ordinary]
     attack = raw(2, EMPTY_FINAL_BLOCKS, rsv=4)
     for size in (len(attack), 65536, 1000):
-        conn = Connection(Side.SERVER, codec=DeflateCodec())
+        conn = Protocol(Side.SERVER, codec=DeflateCodec())
         events, spent = cpu(lambda: feed(conn, attack, size))  # noqa: B023
         assert norm(events) == [("fail", 1009)]
         assert isinstance(events[0], Failure)
@@ -147,7 +146,7 @@ def test_empty_final_blocks_without_a_limit_take_linear_time() -> None:
         frame = raw(2, b"\x03\x00" * n, rsv=4)
         best = float("inf")
         for _ in range(2):
-            conn = Connection(Side.SERVER, max_size=None, codec=DeflateCodec())
+            conn = Protocol(Side.SERVER, max_size=None, codec=DeflateCodec())
             events, spent = cpu(lambda: feed(conn, frame, 65536))  # noqa: B023
             assert events == [b""]
             best = min(best, spent)
@@ -167,11 +166,11 @@ def test_a_few_deflate_streams_in_a_message_are_fine() -> None:
 
     parts = [b"one ", b"two ", b"three"]
     wire = b"".join(stream(p) for p in parts)
-    conn = Connection(Side.SERVER, max_size=100 + 2 * deflate.RESTART_COST, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, max_size=100 + 2 * deflate.RESTART_COST, codec=DeflateCodec())
     assert conn.receive_data(raw(2, wire, rsv=4)) == [b"one two three"]
     # One restart less allowed than used: refused, whatever the split.
     for size in (1, 3, len(wire) + 14):
-        conn = Connection(Side.SERVER, max_size=100 + deflate.RESTART_COST, codec=DeflateCodec())
+        conn = Protocol(Side.SERVER, max_size=100 + deflate.RESTART_COST, codec=DeflateCodec())
         assert norm(feed(conn, raw(2, wire, rsv=4), size)) == [("fail", 1009)]
 
 
@@ -181,13 +180,13 @@ def test_compressed_wire_bytes_count_against_the_limit() -> None:
     # Non-final empty stored blocks: 5 wire bytes each, nothing inflated; 1.2x the limit
     # is past the allowance for deflate's growth (about 1.13x, see the next test).
     stored = b"\x00\x00\x00\xff\xff" * (limit * 6 // 25)
-    conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, max_size=limit, codec=DeflateCodec())
     events = conn.receive_data(raw(2, stored, rsv=4))
     assert norm(events) == [("fail", 1009)]
     assert "on the wire" in str(events[0].error)  # type: ignore[union-attr]
     # Incompressible data at the limit still fits: deflate's growth is allowed for.
     data = os.urandom(limit)
-    conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, max_size=limit, codec=DeflateCodec())
     assert conn.receive_data(raw(2, deflated(data), rsv=4)) == [data]
 
 
@@ -205,17 +204,17 @@ def test_incompressible_message_at_the_limit_fits_whatever_the_peer_s_deflate_se
     """
     limit = 256 * 1024
     data = os.urandom(limit)
-    sender = Connection(
+    sender = Protocol(
         Side.CLIENT, codec=DeflateCodec(compress_bits=bits, mem_level=mem_level, level=9)
     )
     frame = sender.send_binary(data)
     assert len(frame) > limit + (limit >> 10) + 64 + 14  # past the old allowance
     for size in (len(frame), 4096):
-        conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits))
+        conn = Protocol(Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits))
         assert feed(conn, frame, size) == [data]
     # One byte of payload over the limit is still refused, while inflating.
     frame = sender.send_binary(data + b"x")
-    conn = Connection(Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits))
+    conn = Protocol(Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits))
     assert norm(conn.receive_data(frame)) == [("fail", 1009)]
 
 
@@ -230,7 +229,7 @@ def test_deflate_growth_allowance_covers_zlib_at_every_setting() -> None:
                 comp = zlib.compressobj(level, zlib.DEFLATED, -bits, mem_level)
                 wire = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
                 worst = max(worst, len(wire) - 4)
-                conn = Connection(
+                conn = Protocol(
                     Side.SERVER, max_size=limit, codec=DeflateCodec(decompress_bits=bits)
                 )
                 assert conn.receive_data(raw(2, wire[:-4], rsv=4)) == [data], (mem_level, bits)
@@ -242,7 +241,7 @@ def test_deflate_growth_allowance_covers_zlib_at_every_setting() -> None:
 
 def test_data_after_our_close_is_dropped_and_costs_nothing() -> None:
     """Item 2: once close_sent, data is parsed for framing only, never kept."""
-    conn = Connection(Side.SERVER, max_size=None, codec=DeflateCodec())
+    conn = Protocol(Side.SERVER, max_size=None, codec=DeflateCodec())
     conn.receive_data(raw(1, b"started", fin=False))
     conn.send_close(1000)
     bomb = raw(2, deflated(bytes(50 * 1024 * 1024)), rsv=4)  # 50 MiB when inflated
@@ -267,16 +266,16 @@ def test_data_after_our_close_is_dropped_and_costs_nothing() -> None:
 
 
 def test_after_our_close_framing_is_still_checked() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     conn.send_close(1000)
     assert norm(conn.receive_data(raw(1, b"x") + raw(0, b"y"))) == [("fail", 1002)]
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     conn.send_close(1000)
     assert norm(conn.receive_data(raw(2, b"unmasked", key=None))) == [("fail", 1002)]
 
 
 def test_after_our_close_a_message_in_progress_is_abandoned() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     frame = raw(2, bytes(1000))
     conn.receive_data(frame[:500])
     conn.send_close(1000)
@@ -286,7 +285,7 @@ def test_after_our_close_a_message_in_progress_is_abandoned() -> None:
 
 
 def test_held_back_input_is_dropped_once_we_closed() -> None:
-    conn = Connection(Side.SERVER)
+    conn = Protocol(Side.SERVER)
     conn.receive_data(raw(1, b"a") + raw(1, b"b") + raw(8, b""), max_messages=0)
     conn.send_close(1001)
     # max_messages no longer matters: nothing is kept, the close is found.

@@ -21,7 +21,7 @@ What must hold, whatever the sequence:
   over the read limit is a 1009 in its place; data arriving after our own close frame is
   dropped, and only data); the auto pongs answer every ping, the latest PONG_BACKLOG of them;
 * chunking and bounds never change the result: the events equal those of a fresh
-  Connection fed the same bytes whole (split only where the receiver sent its close).
+  Protocol fed the same bytes whole (split only where the receiver sent its close).
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ from hypothesis.stateful import (
 )
 
 from epws.exceptions import InvalidState, ProtocolError
-from epws.protocol.connection import (
+from epws.protocol import (
     PONG_BACKLOG,
     Close,
-    Connection,
     Event,
     Failure,
     Ping,
     Pong,
+    Protocol,
     Side,
 )
 from epws.protocol.deflate import DeflateCodec, PerMessageDeflate
@@ -158,7 +158,7 @@ class Pipe:
 
 
 class ConnectionPair(RuleBasedStateMachine):
-    """A server Connection and a client Connection, each the other's peer."""
+    """A server Connection and a client Protocol, each the other's peer."""
 
     @initialize(
         compressed=st.booleans(),
@@ -187,13 +187,13 @@ class ConnectionPair(RuleBasedStateMachine):
         self.pending_pong: dict[Side, list[bytes]] = {side: [] for side in SIDES}
         self.counter = 0
 
-    def fresh(self, side: Side) -> Connection:
-        """A new Connection for ``side``, with a freshly negotiated codec if compressed."""
+    def fresh(self, side: Side) -> Protocol:
+        """A new Protocol for ``side``, with a freshly negotiated codec if compressed."""
         codec = None
         if self.compressed:
             server_codec, client_codec = negotiate(*self.pmds)
             codec = server_codec if side is Side.SERVER else client_codec
-        return Connection(side, max_size=self.limits[side], codec=codec)
+        return Protocol(side, max_size=self.limits[side], codec=codec)
 
     @staticmethod
     def peer(side: Side) -> Side:
@@ -463,7 +463,7 @@ class ConnectionPair(RuleBasedStateMachine):
             conn = self.conns[side]
             held = conn.input_buffered
             assert held >= 0
-            # The input object kept is at most twice what is held (Connection.receive_data).
+            # The input object kept is at most twice what is held (Protocol.receive_data).
             assert len(conn._buf) <= 2 * held, (len(conn._buf), held)
             limit = self.limits[side]
             if limit:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import HandshakeError, InvalidURI
-from ..protocol.connection import Connection, MessageCodec, Side
+from ..protocol import MessageCodec, Protocol, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import build_request, check_response, generate_key
 from ..protocol.http11 import Response, ResponseParser
@@ -193,9 +193,9 @@ class Dialer:
             except BaseException:
                 transport.abort()
                 raise
-        proto = Connection(Side.CLIENT, max_size=self.read_limit, codec=codec)
+        protocol = Protocol(Side.CLIENT, max_size=self.read_limit, codec=codec)
         conn = Conn(
-            proto,
+            protocol,
             max_queue=self.max_queue,
             write_limit=self.write_limit,
             close_timeout=self.close_timeout,

@@ -44,7 +44,7 @@ from ..exceptions import (
     InvalidState,
 )
 from ..prepared import PreparedMessage
-from ..protocol.connection import Close, Connection, Failure, Ping, Pong, Side
+from ..protocol import Close, Failure, Ping, Pong, Protocol, Side
 from ..protocol.frames import MessageType
 from .deadlines import queue_for
 from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
@@ -120,7 +120,6 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_closed",
-        "_deferred",
         "_drain_waiters",
         "_error",
         "_inbound",
@@ -133,7 +132,8 @@ class Conn(asyncio.Protocol):
         "_lost",
         "_on_message",
         "_pings",
-        "_proto",
+        "_protocol",
+        "_queued_close",
         "_read_deadline",
         "_registry",
         "_user_deadline",
@@ -156,7 +156,7 @@ class Conn(asyncio.Protocol):
 
     def __init__(
         self,
-        proto: Connection,
+        protocol: Protocol,
         *,
         max_queue: int = 16,
         write_limit: int = 64 * 1024,
@@ -168,7 +168,7 @@ class Conn(asyncio.Protocol):
         ping_timeout: float | None = None,
         ping_payload: bytes = KEEPALIVE_PAYLOAD,
     ) -> None:
-        self._proto = proto
+        self._protocol = protocol
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.subprotocol = subprotocol
@@ -186,7 +186,7 @@ class Conn(asyncio.Protocol):
         # The ConnectionClosed readers and writers get (each a fresh copy of it).
         self._error: ConnectionClosed | None = None
         # The peer's Close (or a Failure) waiting in the queue behind unread messages.
-        self._deferred: Close | Failure | None = None
+        self._queued_close: Close | Failure | None = None
         # The payload of the latest ping not answered yet because the write buffer is
         # over the high-water mark (only the latest is answered, RFC 6455 §5.5.3).
         self._late_pong: bytes | None = None
@@ -205,7 +205,7 @@ class Conn(asyncio.Protocol):
         self._ka_waiting = False
         self._latency: float | None = None
         self._write_deadline: float | None = None
-        # One timer at a time: answer a deferred close when due, or, once our close
+        # One timer at a time: answer a queued_close close when due, or, once our close
         # frame is out, drop TCP if the peer has not finished the handshake.
         self._close_timer: asyncio.TimerHandle | None = None
         # Made when somebody first waits for TCP to go (close(), wait_closed()): an idle
@@ -261,9 +261,9 @@ class Conn(asyncio.Protocol):
                     self.close_nowait(1011, "internal error")
                 continue
             # The peer's close frame (or a failure) the reader would have reached.
-            deferred = self._deferred
-            if deferred is not None:
-                self._act_on(deferred)
+            queued_close = self._queued_close
+            if queued_close is not None:
+                self._act_on(queued_close)
         if inbound.held:
             self._parse_held()  # in callback mode: pumps, then resumes reading
         else:
@@ -281,16 +281,16 @@ class Conn(asyncio.Protocol):
     @property
     def side(self) -> Side:
         """Which end this is (``Side.SERVER`` or ``Side.CLIENT``)."""
-        return self._proto.side
+        return self._protocol.side
 
     @property
     def read_limit(self) -> int:
         """The largest message accepted in bytes, 0 for no limit; larger ones close with 1009."""
-        return self._proto.max_size
+        return self._protocol.max_size
 
     @read_limit.setter
     def read_limit(self, value: int | None) -> None:
-        self._proto.max_size = value or 0
+        self._protocol.max_size = value or 0
 
     @property
     def closed(self) -> bool:
@@ -318,7 +318,7 @@ class Conn(asyncio.Protocol):
     @property
     def close_code(self) -> int | None:
         """The close code received once closed; 1005 if the frame had none, 1006 if none came."""
-        rcvd = self._proto.close_rcvd
+        rcvd = self._protocol.close_rcvd
         if rcvd is not None:
             return rcvd.code
         return 1006 if self._closed else None
@@ -365,19 +365,19 @@ class Conn(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self._write_limit)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        proto = self._proto
+        protocol = self._protocol
         inbound = self._inbound
         if self._on_message is None:
             # The protocol completes no more messages than the queue has room for;
             # the rest stays in it as wire bytes, and the queue pauses reading.
-            events = proto.receive_data(data, inbound.room())
+            events = protocol.receive_data(data, inbound.room())
             callback = False
         else:
             # Callback mode: a batch of max_queue messages at a time, so a read of
             # compressed messages is never inflated whole before any is handed on.
-            events = proto.receive_data(data, inbound.high)
+            events = protocol.receive_data(data, inbound.high)
             callback = True
-        out = proto.data_to_send()
+        out = protocol.data_to_send()
         if out:
             if self._write_paused:
                 self._hold_pong(events)
@@ -386,7 +386,7 @@ class Conn(asyncio.Protocol):
         n = len(events)
         if n:
             self._dispatch(events)
-        if callback and proto.input_buffered:
+        if callback and protocol.input_buffered:
             del events  # this batch is handed on: free it before the next one
             n += self._pump()
         if n > YIELD_EVENTS:
@@ -398,9 +398,9 @@ class Conn(asyncio.Protocol):
     def _receive(self, room: int | None) -> int:
         """Parse input the protocol holds, up to ``room`` messages, and hand it on;
         return how many events that made."""
-        proto = self._proto
-        events = proto.receive_data(b"", room)
-        out = proto.data_to_send()
+        protocol = self._protocol
+        events = protocol.receive_data(b"", room)
+        out = protocol.data_to_send()
         if out:
             if self._write_paused:
                 self._hold_pong(events)
@@ -435,16 +435,16 @@ class Conn(asyncio.Protocol):
         held, since each message may cost output (an echo); :meth:`resume_writing`
         goes on from there. Only bytes of an unfinished frame are left at the end.
         """
-        proto = self._proto
+        protocol = self._protocol
         inbound = self._inbound
         n = 0
-        while proto.input_buffered:
+        while protocol.input_buffered:
             if inbound.paused & WRITING:
                 inbound.hold()
                 return n
-            before = proto.input_buffered
+            before = protocol.input_buffered
             n += self._receive(inbound.high)
-            if proto.input_buffered == before:
+            if protocol.input_buffered == before:
                 break  # an unfinished frame: it waits for more input
         inbound.resume(FULL)
         return n
@@ -496,7 +496,7 @@ class Conn(asyncio.Protocol):
                 err = self._error
                 self._error = self._closed_error(err.__cause__ if err is not None else None)
             return
-        if self._proto.close_sent is not None:
+        if self._protocol.close_sent is not None:
             # Our close frame is out: this ends the handshake (or the peer broke it).
             self._finish_closing(failed=type(ev) is Failure)
             return
@@ -509,25 +509,25 @@ class Conn(asyncio.Protocol):
             return
         # Messages wait unread before it: the reader answers it when it gets there,
         # or the timer does, so the handshake ends whatever the application does.
-        self._deferred = ev
+        self._queued_close = ev
         if self._close_timer is None:
-            self._close_timer = self.loop.call_later(self.close_timeout, self._deferred_due)
+            self._close_timer = self.loop.call_later(self.close_timeout, self._queued_close_due)
 
-    def _deferred_due(self) -> None:
+    def _queued_close_due(self) -> None:
         self._close_timer = None
-        ev = self._deferred
+        ev = self._queued_close
         if ev is not None:
             self._act_on(ev)
 
     def eof_received(self) -> bool | None:
-        self._proto.receive_eof()
+        self._protocol.receive_eof()
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._closed:
             return
         self._closed = True
-        self._deferred = None
+        self._queued_close = None
         if self._error is None:
             self._error = self._closed_error(exc)
         err = self._error
@@ -585,8 +585,8 @@ class Conn(asyncio.Protocol):
         payload = self._late_pong
         if payload is not None:
             self._late_pong = None
-            if self._proto.close_sent is None and not self._closed:
-                self._write(self._proto.send_pong(payload))
+            if self._protocol.close_sent is None and not self._closed:
+                self._write(self._protocol.send_pong(payload))
         waiters = self._drain_waiters
         if waiters:
             self._drain_waiters = None
@@ -604,11 +604,11 @@ class Conn(asyncio.Protocol):
     # ------------------------------------------------------------ closing
 
     def _closed_error(self, exc: BaseException | None = None) -> ConnectionClosed:
-        proto = self._proto
-        rcvd = proto.close_rcvd
-        sent = proto.close_sent
+        protocol = self._protocol
+        rcvd = protocol.close_rcvd
+        sent = protocol.close_sent
         rcvd_code = rcvd.code if rcvd is not None else None
-        ok = rcvd_code in _OK_CODES and not proto.failed
+        ok = rcvd_code in _OK_CODES and not protocol.failed
         cls = ConnectionClosedOK if ok else ConnectionClosedError
         err = cls(
             rcvd_code,
@@ -636,12 +636,12 @@ class Conn(asyncio.Protocol):
 
     def _act_on(self, ev: Close | Failure) -> None:
         """Answer the peer's close frame (echo its code) or fail the connection."""
-        proto = self._proto
+        protocol = self._protocol
         if type(ev) is Close:
-            self._start_close(proto.close_reply())
+            self._start_close(protocol.close_reply())
         else:
             error = ev.error  # type: ignore[union-attr]
-            frame = proto.fail(error.code, str(error))
+            frame = protocol.fail(error.code, str(error))
             self._error = self._closed_error(error)
             self._start_close(frame, failed=True)
 
@@ -654,9 +654,9 @@ class Conn(asyncio.Protocol):
         TCP goes at once if both close frames are out (or we failed), else within
         :attr:`close_timeout`.
         """
-        if self._deferred is not None:
+        if self._queued_close is not None:
             # A close that waited behind unread messages is answered by this one.
-            self._deferred = None
+            self._queued_close = None
             if self._close_timer is not None:
                 self._close_timer.cancel()
                 self._close_timer = None
@@ -668,12 +668,12 @@ class Conn(asyncio.Protocol):
         if frame:
             self._write(frame)
         self._flush()
-        if inbound.held and self._proto.input_buffered:
+        if inbound.held and self._protocol.input_buffered:
             # Input held for room may hold the peer's close frame, and the peer may
             # send nothing more: parse it now (data messages after our close frame
             # cost nothing). Soon, not here: a dispatch may be running.
             self.loop.call_soon(self._parse_held)
-        if failed or self._proto.close_rcvd is not None:
+        if failed or self._protocol.close_rcvd is not None:
             self._finish_closing(failed=failed)
         elif self._close_timer is None:
             self._close_timer = self.loop.call_later(self.close_timeout, self.abort)
@@ -730,11 +730,11 @@ class Conn(asyncio.Protocol):
         """
         if self._closed or self.transport.is_closing():
             return
-        deferred = self._deferred
-        if deferred is not None:
-            self._act_on(deferred)
+        queued_close = self._queued_close
+        if queued_close is not None:
+            self._act_on(queued_close)
             return
-        self._start_close(self._proto.send_close(code, reason))
+        self._start_close(self._protocol.send_close(code, reason))
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake.
@@ -802,9 +802,9 @@ class Conn(asyncio.Protocol):
             if kind is str or kind is bytes:
                 return ev  # type: ignore[return-value]
             # The peer's close frame or a failure: every message before it is read.
-            deferred = self._deferred
-            if deferred is not None:
-                self._act_on(deferred)
+            queued_close = self._queued_close
+            if queued_close is not None:
+                self._act_on(queued_close)
             if self._error is None and not self._closed:
                 # Close answered: wait for TCP to go, then report the close.
                 await inbound.wait(self._lost_future())
@@ -872,7 +872,7 @@ class Conn(asyncio.Protocol):
 
     def _check_writable(self) -> None:
         """Whole data messages: the connection must be open and no fragmented one open."""
-        if self._closed or self._proto.close_sent is not None:
+        if self._closed or self._protocol.close_sent is not None:
             raise self._closed_exc()
         if self._writer_task is not None:
             raise ConcurrencyError(
@@ -905,11 +905,11 @@ class Conn(asyncio.Protocol):
         by a peer that sends and never reads.
         """
         self._check_writable()
-        proto = self._proto
+        protocol = self._protocol
         if type(data) is str:
-            frame = proto.send_text(data, compress=compress)
+            frame = protocol.send_text(data, compress=compress)
         else:
-            frame = proto.send_binary(data, compress=compress)  # type: ignore[arg-type]
+            frame = protocol.send_binary(data, compress=compress)  # type: ignore[arg-type]
         self._write(frame)
 
     async def write_message(
@@ -918,7 +918,7 @@ class Conn(asyncio.Protocol):
         """gorilla's WriteMessage: send ``data`` as a message of ``message_type``."""
         payload = data.encode() if isinstance(data, str) else data
         self._check_writable()
-        self._write(self._proto.send_message(message_type, payload, compress=compress))
+        self._write(self._protocol.send_message(message_type, payload, compress=compress))
         if self._write_paused:
             await self._drain()
 
@@ -937,7 +937,7 @@ class Conn(asyncio.Protocol):
         per batch, so corking could only add a callback per recipient.
         """
         self._check_writable()
-        frame = message.frame_for(self._proto)
+        frame = message.frame_for(self._protocol)
         if self._wpending is None:
             self.transport.write(frame)
         else:
@@ -999,8 +999,8 @@ class Conn(asyncio.Protocol):
         try:
             yield writer
         except BaseException:
-            if writer._started and self._proto.close_sent is None and not self._closed:
-                self._start_close(self._proto.send_close(1011, "message writer failed"))
+            if writer._started and self._protocol.close_sent is None and not self._closed:
+                self._start_close(self._protocol.send_close(1011, "message writer failed"))
             raise
         else:
             await writer._finish()
@@ -1008,10 +1008,10 @@ class Conn(asyncio.Protocol):
             self._writer_task = None
 
     async def _write_fragment(self, opcode: int, data: bytes, fin: bool) -> None:
-        if self._closed or self._proto.close_sent is not None:
+        if self._closed or self._protocol.close_sent is not None:
             raise self._closed_exc()
         try:
-            frame = self._proto.send_fragment(opcode, data, fin=fin)
+            frame = self._protocol.send_fragment(opcode, data, fin=fin)
         except InvalidState as exc:
             raise ConcurrencyError(str(exc)) from None
         self._write(frame)
@@ -1021,7 +1021,7 @@ class Conn(asyncio.Protocol):
     # ------------------------------------------------------------ ping / pong
 
     def _check_open(self) -> None:
-        if self._closed or self._proto.close_sent is not None:
+        if self._closed or self._protocol.close_sent is not None:
             raise self._closed_exc()
 
     async def ping(self, data: bytes | None = None) -> asyncio.Future[float]:
@@ -1039,7 +1039,7 @@ class Conn(asyncio.Protocol):
             data = os.urandom(4)
             while data in pings:
                 data = os.urandom(4)
-        frame = self._proto.send_ping(data)  # validates the size before registering
+        frame = self._protocol.send_ping(data)  # validates the size before registering
         waiting = pings.get(data)
         if waiting is not None:
             # The same payload is still waiting for its pong (a keepalive that is late):
@@ -1054,7 +1054,7 @@ class Conn(asyncio.Protocol):
     async def pong(self, data: bytes = b"") -> None:
         """Send an unsolicited pong (a one-way heartbeat, RFC 6455 §5.5.3)."""
         self._check_open()
-        self._write(self._proto.send_pong(data))
+        self._write(self._protocol.send_pong(data))
 
     def _keepalive_due(self, due: float) -> None:
         """The keepalive's event: send the next ping, or fail a peer that never answered.
@@ -1063,7 +1063,7 @@ class Conn(asyncio.Protocol):
         pings never pile up behind data when the peer reads slowly.
         """
         ka = self._ka
-        if ka is None or self._closed or self._proto.close_sent is not None:
+        if ka is None or self._closed or self._protocol.close_sent is not None:
             # Closing: close_timeout bounds the rest.
             self._ka_at = None
             return
@@ -1085,7 +1085,7 @@ class Conn(asyncio.Protocol):
         self._ka_sent = now
         self._ka_waiting = True
         self._ka_at = now + (timeout if timeout is not None else interval)
-        self._write(self._proto.send_ping(ka.payload))
+        self._write(self._protocol.send_ping(ka.payload))
 
     def _keepalive_failed(self) -> None:
         """No pong within ping_timeout: 1011, then drop TCP without waiting for the peer.
@@ -1094,7 +1094,7 @@ class Conn(asyncio.Protocol):
         at once, gracefully if the frame left our buffer, else by a reset, since a peer
         that does not read would hold the buffer and the socket for ever.
         """
-        frame = self._proto.fail(1011, "keepalive ping timeout")
+        frame = self._protocol.fail(1011, "keepalive ping timeout")
         self._error = self._closed_error(TimeoutError("keepalive ping timeout"))
         self._start_close(frame, failed=True)
         transport = self.transport

@@ -53,7 +53,7 @@ import collections
 from typing import TYPE_CHECKING
 
 from ..exceptions import ConcurrencyError
-from ..protocol.connection import Close, Failure
+from ..protocol import Close, Failure
 
 if TYPE_CHECKING:
     from .conn import Conn

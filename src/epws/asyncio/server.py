@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import BadOrigin, ConnectionClosed, HandshakeError
-from ..protocol.connection import Connection, MessageCodec, Side
+from ..protocol import MessageCodec, Protocol, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
     SWITCHING_PROTOCOLS,
@@ -162,15 +162,15 @@ class Upgrader:
             return bool(check(request))
         return origin_allowed(request, check)
 
-    def negotiate(self, request: Request) -> tuple[bytes, Connection, str | None]:
+    def negotiate(self, request: Request) -> tuple[bytes, Protocol, str | None]:
         """Validate an upgrade request; return the 101 response, the protocol, subprotocol.
 
         Raises HandshakeError (with the status to answer) when the request is refused.
         """
-        fields, proto, subprotocol = self._negotiate(request)
-        return render_head(SWITCHING_PROTOCOLS, fields), proto, subprotocol
+        fields, protocol, subprotocol = self._negotiate(request)
+        return render_head(SWITCHING_PROTOCOLS, fields), protocol, subprotocol
 
-    def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], Connection, str | None]:
+    def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], Protocol, str | None]:
         """:meth:`negotiate`, with the 101's header fields not rendered yet."""
         key = check_request(request)
         if not self.origin_ok(request):
@@ -186,8 +186,8 @@ class Upgrader:
             extensions=extensions,
             extra_headers=self.extra_headers,
         )
-        proto = Connection(Side.SERVER, max_size=self.read_limit, codec=codec)
-        return fields, proto, subprotocol
+        protocol = Protocol(Side.SERVER, max_size=self.read_limit, codec=codec)
+        return fields, protocol, subprotocol
 
 
 def _still_open(conn: Conn) -> bool:
@@ -196,12 +196,12 @@ def _still_open(conn: Conn) -> bool:
     A ConnectionClosed from ``conn`` itself is raised only once one of these holds, so
     a handler that ends with one while this is True got it from another connection.
     """
-    proto = conn._proto
+    protocol = conn._protocol
     return (
         not conn.closed
         and conn._error is None
-        and proto.close_sent is None
-        and proto.close_rcvd is None
+        and protocol.close_sent is None
+        and protocol.close_rcvd is None
     )
 
 
@@ -507,8 +507,8 @@ async def _listen(
             infos[info] = None
     socks: list[socket.socket] = []
     try:
-        for family, type_, proto, _, address in infos:
-            sock = socket.socket(family, type_, proto)
+        for family, type_, protocol, _, address in infos:
+            sock = socket.socket(family, type_, protocol)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
@@ -710,14 +710,14 @@ class _HTTPProtocol(asyncio.Protocol):
         hook = server.process_response
         try:
             if hook is None:
-                head, proto, subprotocol = up.negotiate(request)
+                head, protocol, subprotocol = up.negotiate(request)
             else:
-                fields, proto, subprotocol = up._negotiate(request)
+                fields, protocol, subprotocol = up._negotiate(request)
         except HandshakeError as exc:
             self._refuse(exc, request)
             return
         if hook is None:
-            self._switch(request, rest, head, proto, subprotocol)
+            self._switch(request, rest, head, protocol, subprotocol)
             return
         # Only when the application asks to see it is the 101 made an object.
         response = Response(101, "Switching Protocols", Headers(fields))
@@ -730,7 +730,7 @@ class _HTTPProtocol(asyncio.Protocol):
             if head is None:
                 self._answer(request, HTTPResponse(500, "Internal Server Error\n"))
                 return
-            self._switch(request, rest, head, proto, subprotocol)
+            self._switch(request, rest, head, protocol, subprotocol)
 
         self._call_hook("process_response", lambda: hook(request, response), then)
 
@@ -739,7 +739,7 @@ class _HTTPProtocol(asyncio.Protocol):
         request: Request,
         rest: bytes,
         head: bytes,
-        proto: Connection,
+        protocol: Protocol,
         subprotocol: str | None,
     ) -> None:
         """Write the 101 and hand the transport to a new Conn; the handler starts."""
@@ -754,7 +754,7 @@ class _HTTPProtocol(asyncio.Protocol):
         transport.write(head)
         request.headers.compact()
         conn = Conn(
-            proto,
+            protocol,
             max_queue=up.max_queue,
             write_limit=up.write_limit,
             close_timeout=up.close_timeout,

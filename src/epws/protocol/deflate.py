@@ -3,8 +3,8 @@
 Sans-I/O and standard library only (:mod:`zlib`). :class:`PerMessageDeflate` is the
 configuration an application passes as ``compression=`` to :class:`~epws.Upgrader` or
 :class:`~epws.Dialer`; negotiation turns it into one :class:`DeflateCodec` per
-connection, which :class:`~epws.protocol.connection.Connection` drives through the
-:class:`~epws.protocol.connection.MessageCodec` protocol.
+connection, which :class:`~epws.protocol.protocol.Protocol` drives through the
+:class:`~epws.protocol.codec.MessageCodec` protocol.
 
 Choices that are not spelled out by the RFC, and why:
 
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..exceptions import MessageTooBig, NegotiationError, ProtocolError
-from .connection import InflateError
+from .codec import InflateError
 from .headers import parse_extensions, serialize_extensions
 from .http11 import Request, Response
 

@@ -1,6 +1,6 @@
 """Wire-level vocabulary of RFC 6455 §5: opcodes, close codes, masking, frame encoding.
 
-Parsing lives in :mod:`epws.protocol.connection`, next to the state it needs (a frame
+Parsing lives in :mod:`epws.protocol.protocol`, next to the state it needs (a frame
 cannot be judged without knowing whether a fragmented message is open); this module
 holds what is stateless, so that prepared messages and tests can use it alone.
 """

@@ -41,7 +41,7 @@ from ..exceptions import (
     HandshakeError,
     ProxyError,
 )
-from ..protocol.connection import Close, Connection, Failure, MessageCodec, Pong, Side
+from ..protocol import Close, Failure, MessageCodec, Pong, Protocol, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import build_request, check_response, generate_key
 from ..protocol.http11 import Headers, Response, ResponseParser
@@ -67,7 +67,7 @@ class ClientConnection:
     def __init__(
         self,
         sock: socket.socket,
-        proto: Connection,
+        protocol: Protocol,
         response: Response,
         subprotocol: str | None,
         rest: bytes,
@@ -83,7 +83,7 @@ class ClientConnection:
         self.ping_timeout = ping_interval if ping_timeout is None else ping_timeout
         #: The last round trip measured by a ping (``ping()`` or keepalive), in seconds.
         self.latency: float | None = None
-        self._proto = proto
+        self._protocol = protocol
         self._lock = threading.Lock()
         self._reading = threading.Lock()
         self._messages: collections.deque[str | bytes] = collections.deque()
@@ -103,16 +103,16 @@ class ClientConnection:
     @property
     def close_code(self) -> int | None:
         """The close code received, or 1006 if none came; None while open."""
-        rcvd = self._proto.close_rcvd
+        rcvd = self._protocol.close_rcvd
         if rcvd is not None:
             return rcvd.code
         return 1006 if self._closed else None
 
     def _closed_error(self) -> ConnectionClosed:
-        proto = self._proto
-        rcvd, sent = proto.close_rcvd, proto.close_sent
+        protocol = self._protocol
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
         code = rcvd.code if rcvd is not None else None
-        ok = code in _OK_CODES and not proto.failed
+        ok = code in _OK_CODES and not protocol.failed
         cls = ConnectionClosedOK if ok else ConnectionClosedError
         return cls(
             code,
@@ -126,14 +126,14 @@ class ClientConnection:
     def _feed(self, data: bytes) -> None:
         """Hand bytes (b"": EOF) to the core; queue messages, answer what needs it."""
         with self._lock:
-            proto = self._proto
+            protocol = self._protocol
             if data:
-                events = proto.receive_data(data)
+                events = protocol.receive_data(data)
             else:
                 self._eof = True
-                proto.receive_eof()
+                protocol.receive_eof()
                 events = []
-            out = proto.data_to_send()
+            out = protocol.data_to_send()
             for ev in events:
                 kind = type(ev)
                 if kind is str or kind is bytes:
@@ -145,13 +145,13 @@ class ClientConnection:
                         self.latency = now - sent
                         self._pongs[ev.payload] = now  # type: ignore[union-attr]
                 elif kind is Close:
-                    out += proto.close_reply()
+                    out += protocol.close_reply()
                 elif kind is Failure:
-                    out += proto.fail(ev.code, str(ev.error))  # type: ignore[union-attr]
+                    out += protocol.fail(ev.code, str(ev.error))  # type: ignore[union-attr]
             if out:
                 self._send_raw(out)
         # TCP goes when the server closes it (RFC 6455 §7.1.1), or at once if we failed.
-        if self._eof or proto.failed:
+        if self._eof or protocol.failed:
             self._shut()
 
     def _send_raw(self, data: bytes) -> None:
@@ -199,17 +199,17 @@ class ClientConnection:
                 return self._last_read + interval
             payload = os.urandom(4)
             with self._lock:
-                if self._proto.close_sent is not None or self._eof:
+                if self._protocol.close_sent is not None or self._eof:
                     return None
                 self._pings[payload] = now
-                self._send_raw(self._proto.send_ping(payload))
+                self._send_raw(self._protocol.send_ping(payload))
             self._keepalive = payload
             return now + (self.ping_timeout or interval)
         due = self._pings[payload] + (self.ping_timeout or interval)
         if now < due:
             return due
         with self._lock:
-            self._send_raw(self._proto.fail(1011, "keepalive ping timeout"))
+            self._send_raw(self._protocol.fail(1011, "keepalive ping timeout"))
         self._shut()
         return None
 
@@ -226,7 +226,7 @@ class ClientConnection:
             while True:
                 if self._messages:
                     return self._messages.popleft()
-                if self._closed or self._eof or self._proto.close_rcvd is not None:
+                if self._closed or self._eof or self._protocol.close_rcvd is not None:
                     self._finish(deadline)
                     raise self._closed_error()
                 wake = self._keepalive_due()
@@ -253,12 +253,12 @@ class ClientConnection:
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send a text (``str``) or binary message; raises ConnectionClosed once closing."""
         with self._lock:
-            if self._proto.close_sent is not None or self._eof:
+            if self._protocol.close_sent is not None or self._eof:
                 raise self._closed_error()
             if isinstance(message, str):
-                frame = self._proto.send_text(message)
+                frame = self._protocol.send_text(message)
             else:
-                frame = self._proto.send_binary(message)
+                frame = self._protocol.send_binary(message)
             self.socket.sendall(frame)
 
     def ping(self, data: bytes = b"", timeout: float | None = 10.0) -> float:
@@ -267,17 +267,17 @@ class ClientConnection:
         Messages that arrive meanwhile are kept for :meth:`recv`.
         """
         with self._lock:
-            if self._proto.close_sent is not None or self._eof:
+            if self._protocol.close_sent is not None or self._eof:
                 raise self._closed_error()
             self._pongs.pop(data, None)
             sent = time.monotonic()
             self._pings[data] = sent
-            self.socket.sendall(self._proto.send_ping(data))
+            self.socket.sendall(self._protocol.send_ping(data))
         deadline = None if timeout is None else sent + timeout
         try:
             with self._reading:
                 while data not in self._pongs:
-                    if self._closed or self._eof or self._proto.close_rcvd is not None:
+                    if self._closed or self._eof or self._protocol.close_rcvd is not None:
                         raise self._closed_error()
                     self._read_once(deadline)
             return self._pongs[data] - sent
@@ -295,7 +295,7 @@ class ClientConnection:
         with self._lock:
             if self._closed:
                 return
-            frame = self._proto.send_close(code, reason)
+            frame = self._protocol.send_close(code, reason)
             if frame:
                 self._send_raw(frame)
         with self._reading:
@@ -453,8 +453,8 @@ def _open_once(
     except BaseException:
         sock.close()
         raise
-    proto = Connection(Side.CLIENT, max_size=read_limit, codec=codec)
-    return ClientConnection(sock, proto, response, subprotocol, rest, close_timeout)
+    protocol = Protocol(Side.CLIENT, max_size=read_limit, codec=codec)
+    return ClientConnection(sock, protocol, response, subprotocol, rest, close_timeout)
 
 
 def _left(deadline: float) -> float:

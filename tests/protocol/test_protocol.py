@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from epws.exceptions import InvalidState, MessageTooBig
-from epws.protocol.connection import (
+from epws.protocol import (
     PONG_BACKLOG,
     Close,
-    Connection,
     Event,
     Failure,
     Ping,
     Pong,
+    Protocol,
     Side,
     State,
 )
@@ -57,12 +57,12 @@ def raw(
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def srv(max_size: int | None = 1 << 20) -> Connection:
-    return Connection(Side.SERVER, max_size=max_size)
+def srv(max_size: int | None = 1 << 20) -> Protocol:
+    return Protocol(Side.SERVER, max_size=max_size)
 
 
-def cli(max_size: int | None = 1 << 20) -> Connection:
-    return Connection(Side.CLIENT, max_size=max_size)
+def cli(max_size: int | None = 1 << 20) -> Protocol:
+    return Protocol(Side.CLIENT, max_size=max_size)
 
 
 def norm(events: list[Event]) -> list[object]:
@@ -83,7 +83,7 @@ def norm(events: list[Event]) -> list[object]:
     return out
 
 
-def feed_chunks(conn: Connection, data: bytes, cuts: list[int]) -> list[Event]:
+def feed_chunks(conn: Protocol, data: bytes, cuts: list[int]) -> list[Event]:
     events: list[Event] = []
     prev = 0
     for cut in [*sorted(set(cuts)), len(data)]:

@@ -1,18 +1,19 @@
-"""The sans-I/O WebSocket connection: bytes in, events and bytes out (RFC 6455 §5-§7).
+"""The sans-I/O protocol of one WebSocket connection: bytes in, events, bytes out (RFC 6455).
 
-:class:`Connection` never touches a socket or an event loop. Feed it what the peer
-sent with :meth:`Connection.receive_data`; it returns the events, in order, and queues
-what must be sent back automatically (pongs) for :meth:`Connection.data_to_send`.
+:class:`Protocol` never touches a socket or an event loop. Feed it what the peer
+sent with :meth:`Protocol.receive_data`; it returns the events, in order, and queues
+what must be sent back automatically (pongs) for :meth:`Protocol.data_to_send`.
 The ``send_*`` methods return the bytes to write.
 
 Events are plain objects, cheap on the hot path:
 
 * a text message is a ``str``, a binary message is ``bytes``;
-* :class:`Ping`, :class:`Pong`: control frames (a pong for each ping is already queued);
-* :class:`Close`: the peer's close frame; answer it with :meth:`Connection.close_reply`
+* :class:`~.events.Ping`, :class:`~.events.Pong`: control frames (a pong for each ping
+  is already queued);
+* :class:`~.events.Close`: the peer's close frame; answer it with :meth:`Protocol.close_reply`
   once the messages before it have been handed to the application;
-* :class:`Failure`: the peer broke the protocol; the events before it are valid and
-  should be handed to the application first, then :meth:`Connection.fail` gives the
+* :class:`~.events.Failure`: the peer broke the protocol; the events before it are valid and
+  should be handed to the application first, then :meth:`Protocol.fail` gives the
   close frame to send. Input after a failure or a close frame is ignored.
 
 Why the close reply and the failure are not sent automatically: a message that came
@@ -24,7 +25,7 @@ message is rejected at the first byte that can no longer be UTF-8 and a message 
 the size limit is refused when its frame header arrives, before it is buffered.
 
 Why this module is longer than the others (about 750 lines): frame parsing is written
-inline in :meth:`Connection.receive_data`, next to the state it judges each frame by,
+inline in :meth:`Protocol.receive_data`, next to the state it judges each frame by,
 because that loop is the hot path of every message received; splitting it into
 per-frame calls costs a function call and attribute lookups per frame. What is
 stateless lives in :mod:`epws.protocol.frames`.
@@ -34,9 +35,10 @@ from __future__ import annotations
 
 import codecs
 import enum
-from typing import Protocol
 
 from ..exceptions import InvalidState, MessageTooBig, ProtocolError
+from .codec import InflateError, MessageCodec
+from .events import Close, Event, Failure, Ping, Pong
 from .frames import (
     CloseCode,
     Opcode,
@@ -46,20 +48,7 @@ from .frames import (
     parse_close_payload,
 )
 
-__all__ = [
-    "Close",
-    "Connection",
-    "Event",
-    "Failure",
-    "InflateError",
-    "MessageCodec",
-    "PONG_BACKLOG",
-    "Ping",
-    "Pong",
-    "Side",
-    "State",
-    "wire_allowance",
-]
+__all__ = ["PONG_BACKLOG", "Protocol", "Side", "State", "wire_allowance"]
 
 
 class Side(enum.Enum):
@@ -77,110 +66,6 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
-class _ControlEvent:
-    """A ping or pong received: its payload (at most 125 bytes)."""
-
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.payload!r})"
-
-
-class Ping(_ControlEvent):
-    """A ping frame received; its pong is queued (see :meth:`Connection.data_to_send`)."""
-
-    __slots__ = ()
-
-
-class Pong(_ControlEvent):
-    """A pong frame received."""
-
-    __slots__ = ()
-
-
-class Close:
-    """A close frame received; ``code`` is 1005 when the frame carried none."""
-
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"Close({self.code}, {self.reason!r})"
-
-
-class Failure:
-    """The peer broke the protocol; fail with ``error.code`` once earlier events are handled."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ProtocolError) -> None:
-        self.error = error
-
-    @property
-    def code(self) -> int:
-        return self.error.code
-
-    def __repr__(self) -> str:
-        return f"Failure({self.error.code}, {str(self.error)!r})"
-
-
-#: What :meth:`Connection.receive_data` returns a list of: a text message (``str``), a
-#: binary message (``bytes``), or a control-frame or failure event.
-Event = str | bytes | Ping | Pong | Close | Failure
-
-
-class MessageCodec(Protocol):
-    """The extension point for per-message compression (RFC 7692), kept minimal.
-
-    The connection owns framing, RSV1 and the size limit's bookkeeping; the codec
-    only turns message payloads into compressed ones and back.
-
-    ``threshold``: messages shorter than this many bytes are sent uncompressed (RSV1
-    is per message, RFC 7692 §6), so the connection skips the codec for them.
-    """
-
-    threshold: int
-
-    def compress(self, data: bytes) -> bytes:
-        """Compress one whole message (the result is sent with RSV1 set)."""
-        ...
-
-    def decompress(self, data: bytes, max_size: int | None, final: bool) -> bytes:
-        """Inflate a chunk of a compressed message; ``final`` on its last frame's end.
-
-        Must raise rather than produce more than ``max_size`` bytes (None means no
-        limit; 0 means not one byte more: the message is already at the limit), so a
-        bomb is never held in memory, and must do work in proportion to ``data`` and
-        the output. Errors are :class:`InflateError` (or a bare
-        :class:`~epws.exceptions.ProtocolError`), 1009 for the limit, 1007 for corrupt
-        data.
-        """
-        ...
-
-
-class InflateError(Exception):
-    """Raised by :meth:`MessageCodec.decompress`: the message failed while inflating.
-
-    ``inflated`` is what the call produced (within the limit) before the failure; the
-    connection checks it like any other payload first, so a text message gets the
-    same close code whether it arrived whole or byte by byte: the first problem in
-    the inflated byte stream decides (invalid UTF-8 before the limit: 1007). zlib
-    gives nothing from a call that finds corrupt data, so for that error
-    ``inflated`` depends on the pieces; the code is 1007 anyway.
-    """
-
-    def __init__(self, error: ProtocolError, inflated: bytes = b"") -> None:
-        super().__init__(error)
-        self.error = error
-        self.inflated = inflated
-
-
 # Plain ints on the hot path; one definition of the vocabulary, in frames.Opcode.
 _TEXT = Opcode.TEXT.value
 _BINARY = Opcode.BINARY.value
@@ -188,7 +73,7 @@ _CLOSE = Opcode.CLOSE.value
 _PING = Opcode.PING.value
 _PONG = Opcode.PONG.value
 
-#: Most pongs waiting for :meth:`Connection.data_to_send`: past it, the oldest pending
+#: Most pongs waiting for :meth:`Protocol.data_to_send`: past it, the oldest pending
 #: pong is dropped, so the latest pings are always answered and a flood costs at most
 #: this many pongs (2 KiB) per read.
 PONG_BACKLOG = 16
@@ -233,7 +118,7 @@ def _ed_surrogate_pending(decoder: codecs.IncrementalDecoder) -> bool:
     return len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0
 
 
-class Connection:
+class Protocol:
     """The protocol state of one WebSocket connection, after the opening handshake.
 
     Args:
