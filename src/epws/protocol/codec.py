@@ -1,7 +1,7 @@
 """The interface between the protocol and a per-message compression codec (RFC 7692).
 
 :class:`~epws.protocol.protocol.Protocol` owns framing, RSV1 and the size limit; a codec
-(today :class:`~epws.protocol.deflate.DeflateCodec`) only turns payloads into
+(today :class:`~epws.protocol.deflate_codec.DeflateCodec`) only turns payloads into
 compressed ones and back. Kept in its own module so that the codec and the state
 machine depend on this interface, not on each other.
 """
