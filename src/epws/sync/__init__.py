@@ -6,6 +6,7 @@ loop and no thread of its own; see docs/sync-client.md.
 
 from __future__ import annotations
 
-from .client import ClientConnection, connect, unix_connect
+from .client import connect, unix_connect
+from .connection import ClientConnection
 
 __all__ = ["ClientConnection", "connect", "unix_connect"]
