@@ -13,6 +13,8 @@ import enum
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -138,3 +140,21 @@ def test_the_package_init_only_re_exports() -> None:
         targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
         assert targets in (["__all__"], ["__version__"]), f"line {node.lineno}: {targets}"
         assert isinstance(node.value, ast.List | ast.Constant), f"line {node.lineno}"
+
+
+def test_importing_epws_and_its_asgi_class_leaves_uvicorn_unimported() -> None:
+    """``import epws`` and ``--ws epws.asgi:WebSocketProtocol`` never import uvicorn.
+
+    Checked in a fresh interpreter, since this one may have imported uvicorn for
+    other tests; the ``epws.asgi`` package reads uvicorn's objects only through the
+    protocols in :mod:`epws.asgi.interface`.
+    """
+    code = (
+        "import sys, epws, epws.asgi\n"
+        "from epws.asgi import WebSocketProtocol\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'uvicorn'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout

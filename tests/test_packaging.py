@@ -62,6 +62,7 @@ def test_library_wheel_has_no_application_and_no_script(tmp_path: Path) -> None:
         metadata = whl.read(meta).decode()
     assert "epws/__init__.py" in names
     assert "epws/protocol/protocol.py" in names
+    assert "epws/asgi/protocol.py" in names  # a package since the split (issue 11)
     assert "epws/py.typed" in names
     assert not any(n.startswith("epws_chat") for n in names), tops
     assert not any(n.endswith("entry_points.txt") for n in names), "a console script"

@@ -1,70 +1,38 @@
-"""epws as uvicorn's WebSocket implementation: ``uvicorn app:app --ws epws.asgi:WebSocketProtocol``.
+"""uvicorn's WebSocket protocol class: one connection from the request head to the end.
 
-uvicorn takes the class of its WebSocket protocol from ``--ws`` (or ``ws=`` of
-``uvicorn.run`` / ``uvicorn.Config``), and any import string works there. Its HTTP
-protocol parses a request, sees an upgrade, builds the class with
-``(config=..., server_state=..., app_state=...)``, calls ``connection_made(transport)``,
-makes it the transport's protocol and feeds it the request head with
-``data_received``. This module is that class, so a FastAPI or Starlette app (any ASGI
-app) runs on epws unchanged: the ASGI HTTP & WebSocket spec 2.5 with the
-``websocket.http.response`` (denial response) extension.
-
-Nothing here is a second WebSocket implementation. The request head is parsed by
-:class:`~epws.protocol.http11.RequestParser` and checked by
-:func:`~epws.protocol.handshake.check_request`, compression is negotiated by
-:meth:`~epws.PerMessageDeflate.server_negotiate`, the 101 is built by
-:func:`~epws.protocol.handshake.build_response`, and after the 101 the transport
-belongs to an :class:`~epws.asyncio.conn.Conn`, exactly as under :func:`epws.serve`:
-the same read limit (1009 before an oversize message is buffered), the same
-strictness (1002/1007 for protocol errors), the same flow control both ways (reading
-pauses when ``ws_max_queue`` messages wait unread or the peer does not read our
-output; the app's ``send`` waits while the write buffer is over its high-water mark).
-This class only translates between ASGI events and the Conn.
-
-uvicorn is never imported: ``config`` and ``server_state`` are used through the
-attributes listed in :class:`UvicornConfig` and :class:`UvicornServerState`, so
-``import epws`` and ``import epws.asgi`` cost nothing without uvicorn.
-
-Where uvicorn's own implementations (``websockets``, ``websockets-sansio``,
-``wsproto``) differ from each other or from the spec, this one follows the spec;
-docs/asgi.md lists the differences.
+:class:`WebSocketProtocol` is what ``--ws epws.asgi:WebSocketProtocol`` names (the
+package re-exports it; :mod:`epws.asgi` says how uvicorn drives it). Before the 101 it
+is the transport's protocol and runs the app; on ``websocket.accept`` it hands the
+transport to a :class:`~epws.asyncio.conn.Conn` and keeps only the translation of
+ASGI's ``receive`` and ``send`` into the Conn's calls, the per-message path. The
+scope and the bytes of denial responses come from :mod:`epws.asgi.http`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import typing
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, MutableSet
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote
 
-from .asyncio.conn import Conn
-from .exceptions import ConnectionClosed, HandshakeError
-from .protocol import MessageCodec, Protocol, Side
-from .protocol.deflate import PerMessageDeflate
-from .protocol.handshake import build_response, check_request
-from .protocol.headers import parse_token_list
-from .protocol.http11 import Request, RequestParser, build_http_response
+from ..asyncio.conn import Conn
+from ..exceptions import ConnectionClosed, HandshakeError
+from ..protocol import MessageCodec, Protocol, Side
+from ..protocol.deflate import PerMessageDeflate
+from ..protocol.handshake import build_response, check_request
+from ..protocol.http11 import Request, RequestParser, build_http_response
+from .http import denial_bytes, merge_default, str_headers, websocket_scope
+from .interface import (
+    ASGIApp,
+    ClientDisconnected,
+    Message,
+    Scope,
+    UvicornConfig,
+    UvicornServerState,
+    logger,
+)
 
-__all__ = [
-    "ClientDisconnected",
-    "UvicornConfig",
-    "UvicornServerState",
-    "WebSocketProtocol",
-]
-
-# uvicorn's own implementations log their access lines and the app's failures here;
-# using the same logger keeps uvicorn's logging configuration working unchanged.
-logger = logging.getLogger("uvicorn.error")
-
-Scope = dict[str, Any]
-Message = MutableMapping[str, Any]
-# An app returns None; uvicorn logs anything else, and so does this module.
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[object],
-]
+__all__ = ["CLOSE_TIMEOUT", "WebSocketProtocol"]
 
 #: Seconds the closing handshake may take, as in uvicorn's implementations (which
 #: hard-code the same 10 s): after it the connection is dropped.
@@ -79,78 +47,6 @@ _DONE = 3  # refused, denial response sent, or connection gone before accepting
 # Pre-accept input is a client error (RFC 6455 §4.1: it waits for the 101); a little
 # is kept for the Conn, and reading pauses once any arrives.
 _EARLY_LIMIT = 65536
-
-
-class UvicornConfig(typing.Protocol):
-    """The attributes of ``uvicorn.Config`` this module reads."""
-
-    loaded: bool
-    loaded_app: Any
-    root_path: str
-    asgi_version: str
-    ws_max_size: int
-    ws_max_queue: int
-    ws_ping_interval: float | None
-    ws_ping_timeout: float | None
-    ws_per_message_deflate: bool
-
-    def load(self) -> None: ...
-
-
-class UvicornServerState(typing.Protocol):
-    """The attributes of ``uvicorn.server.ServerState`` this module uses.
-
-    ``connections`` holds every protocol object whose TCP connection is open (uvicorn's
-    graceful shutdown calls their ``shutdown()`` and waits for the set to empty);
-    ``tasks`` the running apps (it waits for them too); ``default_headers`` the
-    ``server`` and ``date`` headers of every response.
-    """
-
-    connections: MutableSet[Any]
-    tasks: MutableSet[asyncio.Task[None]]
-    default_headers: list[tuple[bytes, bytes]]
-
-
-class ClientDisconnected(OSError):
-    """Raised by ``send`` when the connection is closed (ASGI spec 2.4).
-
-    An :class:`OSError`, as the spec asks, so frameworks map it to their own
-    disconnect (Starlette raises ``WebSocketDisconnect``). When it escapes the app it
-    is not logged: the client leaving is not an error of the app.
-    """
-
-
-def _address(transport: asyncio.BaseTransport, name: str) -> tuple[str, int | None] | None:
-    info = transport.get_extra_info(name)
-    if isinstance(info, (tuple, list)) and len(info) >= 2:
-        return (str(info[0]), int(info[1]))
-    if isinstance(info, str) and name == "sockname":
-        return (info, None)  # a unix socket's path (ASGI: [path, None])
-    return None
-
-
-def _headers(items: Iterable[tuple[bytes, bytes]], what: str) -> list[tuple[str, str]]:
-    """ASGI headers (byte pairs) as the str pairs epws's builders take, checked."""
-    out: list[tuple[str, str]] = []
-    for item in items:
-        name, value = item
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise TypeError(f"{what} headers must be pairs of bytes, got {item!r}")
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
-    return out
-
-
-def _merge_default(
-    defaults: list[tuple[bytes, bytes]], given: list[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """uvicorn's ``server``/``date`` headers first, unless the app gives its own."""
-    names = {name.lower() for name, _ in given}
-    out = [
-        (n.decode("latin-1"), v.decode("latin-1"))
-        for n, v in defaults
-        if n.decode("latin-1").lower() not in names
-    ]
-    return out + given
 
 
 class WebSocketProtocol(asyncio.Protocol):
@@ -245,25 +141,13 @@ class WebSocketProtocol(asyncio.Protocol):
     def _start_app(self, request: Request) -> None:
         transport = self.transport
         assert transport is not None
-        raw_path, _, query = request.target.partition("?")
-        root = self.config.root_path
-        headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in request.headers]
-        self.scope = {
-            "type": "websocket",
-            "asgi": {"version": self.config.asgi_version, "spec_version": "2.5"},
-            "http_version": "1.1",
-            "scheme": "wss" if transport.get_extra_info("sslcontext") else "ws",
-            "server": _address(transport, "sockname"),
-            "client": _address(transport, "peername"),
-            "root_path": root,
-            "path": root + unquote(raw_path),
-            "raw_path": root.encode("ascii") + raw_path.encode("ascii"),
-            "query_string": query.encode("ascii"),
-            "headers": headers,
-            "subprotocols": parse_token_list(request.headers.get_all("Sec-WebSocket-Protocol")),
-            "state": self.app_state.copy(),
-            "extensions": {"websocket.http.response": {}},
-        }
+        self.scope = websocket_scope(
+            request,
+            transport,
+            root_path=self.config.root_path,
+            asgi_version=self.config.asgi_version,
+            app_state=self.app_state,
+        )
         task = self.loop.create_task(self._run_app())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -274,7 +158,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if self._phase != _DONE:
             self._phase = _DONE
             if transport is not None and not transport.is_closing():
-                merged = _merge_default(self.default_headers, list(headers))
+                merged = merge_default(self.default_headers, list(headers))
                 transport.write(build_http_response(status, body=body, headers=merged))
                 transport.close()
 
@@ -500,7 +384,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 f"subprotocol {subprotocol!r} was not offered by the client "
                 f"(offered: {scope['subprotocols']!r})"
             )
-        headers = _headers(message.get("headers") or (), "websocket.accept")
+        headers = str_headers(message.get("headers") or (), "websocket.accept")
         for name, _ in headers:
             if name.lower() == "sec-websocket-protocol":
                 raise ValueError("websocket.accept headers must not set sec-websocket-protocol")
@@ -508,7 +392,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._key,
             subprotocol=subprotocol,
             extensions=self._extensions,
-            extra_headers=_merge_default(self.default_headers, headers),
+            extra_headers=merge_default(self.default_headers, headers),
         )
         self._log("[accepted]")
         protocol = Protocol(Side.SERVER, max_size=self.config.ws_max_size, codec=self._codec)
@@ -549,7 +433,7 @@ class WebSocketProtocol(asyncio.Protocol):
         status = message["status"]
         if not isinstance(status, int) or not 100 <= status <= 599 or status == 101:
             raise RuntimeError(f"invalid HTTP status {status!r} for a denial response")
-        headers = _headers(message.get("headers") or (), "websocket.http.response.start")
+        headers = str_headers(message.get("headers") or (), "websocket.http.response.start")
         self._log(status)
         self._response = (status, headers)
         self._phase = _RESPONSE
@@ -563,40 +447,8 @@ class WebSocketProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         head = self._response
-        out: list[bytes] = []
-        if head is not None:
-            self._response = None
-            status, given = head
-            framing = {"content-length", "transfer-encoding", "connection"}
-            has_length = any(n.lower() == "content-length" for n, _ in given)
-            content_type = next(
-                (v for n, v in given if n.lower() == "content-type"), "text/plain; charset=utf-8"
-            )
-            kept = [(n, v) for n, v in given if n.lower() not in framing | {"content-type"}]
-            if more and not has_length:
-                self._chunked = True
-                kept.append(("Transfer-Encoding", "chunked"))
-            elif more:
-                kept += [(n, v) for n, v in given if n.lower() == "content-length"]
-            data = build_http_response(
-                status,
-                body=b"" if more else body,
-                content_type=content_type,
-                headers=_merge_default(self.default_headers, kept),
-            )
-            if more:
-                # build_http_response framed an empty body; the real framing is kept.
-                data = data.replace(b"Content-Length: 0\r\n", b"", 1)
-            out.append(data)
-            if not more:
-                body = b""
-        if self._chunked:
-            if body:
-                out.append(b"%x\r\n%s\r\n" % (len(body), body))
-            if not more:
-                out.append(b"0\r\n\r\n")
-        elif body:
-            out.append(body)
+        self._response = None
+        out, self._chunked = denial_bytes(head, self._chunked, body, more, self.default_headers)
         if not transport.is_closing():
             transport.writelines(out)
         if not more:
