@@ -24,11 +24,12 @@ Payloads are consumed as they arrive, frame by frame and chunk by chunk, so a te
 message is rejected at the first byte that can no longer be UTF-8 and a message over
 the size limit is refused when its frame header arrives, before it is buffered.
 
-Why this module is longer than the others (about 750 lines): frame parsing is written
-inline in :meth:`Protocol.receive_data`, next to the state it judges each frame by,
-because that loop is the hot path of every message received; splitting it into
-per-frame calls costs a function call and attribute lookups per frame. What is
-stateless lives in :mod:`epws.protocol.frames`.
+Why this module is longer than the others (about 680 lines, the one module of the core
+over 500): frame parsing is written inline in :meth:`Protocol.receive_data`, next to
+the state it judges each frame by, because that loop is the hot path of every message
+received; splitting it into per-frame calls costs a function call and attribute
+lookups per frame. The ``send_*`` methods run per message too and share that state,
+so they stay in the class. What is stateless lives in :mod:`epws.protocol.frames`.
 """
 
 from __future__ import annotations
