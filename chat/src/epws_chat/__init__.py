@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from .brokers import Broker, BrokerError, ChatMessage, MemoryBroker
 from .cli import main
-from .client import Client, Settings
+from .client import Client
 from .hub import Hub
 from .server import Chat, start_chat
+from .settings import Settings
 
 __all__ = [
     "Broker",

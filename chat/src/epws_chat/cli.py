@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .auth import mint, parse_duration
-from .client import Settings
 from .limits import Gate
 from .logs import JsonFormatter
 from .options import (
@@ -35,6 +34,7 @@ from .options import (
 )
 from .routes import STATIC_DIR
 from .server import start_chat
+from .settings import Settings
 
 __all__ = ["main", "run", "token_main"]
 

@@ -17,7 +17,7 @@ import os
 
 from .auth import TokenAuth
 from .brokers import Broker, MemoryBroker
-from .client import Settings
+from .settings import Settings
 
 __all__ = [
     "API_KEY_ENV",

@@ -23,13 +23,14 @@ import epws
 
 from .auth import ExpiryQueue, TokenAuth
 from .brokers import Broker, clean_text
-from .client import Settings, clean_name, clean_room, normalize
+from .client import clean_name, clean_room, normalize
 from .hub import Hub
 from .limits import FLOODABLE, Gate, RateLimitedLog, install_log_limits
 from .metrics import ChatCollector, Counters, render
 from .ops import Routes, serve_ops
 from .routes import STATIC_DIR, make_process_request
 from .session import make_expiry, make_handler, make_upgrader
+from .settings import Settings
 
 __all__ = ["Chat", "make_routes", "start_chat"]
 

@@ -16,11 +16,12 @@ from collections.abc import Callable
 import epws
 
 from .auth import EXPIRED_CODE, AuthError, ExpiryQueue, Identity, TokenAuth
-from .client import PROTOCOL, Client, Settings, accept
+from .client import PROTOCOL, Client, accept
 from .hub import Hub
 from .limits import Gate
 from .metrics import Counters
 from .routes import identify
+from .settings import Settings
 
 __all__ = ["make_expiry", "make_handler", "make_upgrader"]
 
