@@ -1,9 +1,10 @@
 """How a :class:`~epws.asyncio.server.Server` listens: sockets, and an accept loop of its own.
 
-On asyncio's selector loops the server accepts connections itself (``_Acceptor``: why
-is in its docstring, the file-descriptor limit); on other loops (uvloop) it keeps the
-loop's own ``create_server``. Either way each accepted connection gets the server's
-protocol factory, the opening handshake of upgrade.py.
+On asyncio's selector loops the server accepts connections itself (``_Acceptor``), so
+that at the file-descriptor limit it backs off where asyncio's own accept loop floods
+the log; on other loops (uvloop, which backs off by itself) it uses the loop's
+``create_server``. Either way each accepted connection goes to the server's protocol
+factory, the opening handshake of upgrade.py.
 """
 
 from __future__ import annotations
