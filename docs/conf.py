@@ -68,5 +68,14 @@ def _require_docstring(
         logging.getLogger(__name__).warning("%s %s has no docstring", what, name)
 
 
+def _public_bases(app: Any, name: str, obj: Any, options: Any, bases: list[type]) -> None:
+    """Show the public class behind private base classes (Conn's parts, see
+    epws/asyncio/base.py): a reader learns that a Conn is an ``asyncio.Protocol``."""
+    if bases and all(base.__name__.startswith("_") for base in bases):
+        public = [c for c in obj.__mro__[1:] if not c.__name__.startswith("_")]
+        bases[:] = public[:1]
+
+
 def setup(app: Any) -> None:
     app.connect("autodoc-process-docstring", _require_docstring)
+    app.connect("autodoc-process-bases", _public_bases)

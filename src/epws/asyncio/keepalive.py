@@ -8,7 +8,7 @@ interns them, so every connection of a server (or dialer) points at the same
 instance, and equal settings on two servers share one too. The per-connection state of
 the keepalive (when the next event is due, when the last ping went out, whether its
 pong is awaited, the latency) stays on the connection; the rules that act on it are in
-:mod:`epws.asyncio.conn`.
+:mod:`epws.asyncio.pings`.
 
 The checks live here, once, for every way in: :class:`~epws.Upgrader` and
 :class:`~epws.Dialer` call :func:`keepalive_settings` when they are made (so a bad value

@@ -56,7 +56,7 @@ from ..exceptions import ConcurrencyError
 from ..protocol import Close, Failure
 
 if TYPE_CHECKING:
-    from .conn import Conn
+    from .base import _ConnBase
 
 __all__ = ["FULL", "HANDOVER", "WRITING", "YIELD", "YIELD_EVENTS", "Inbound"]
 
@@ -91,7 +91,7 @@ class Inbound:
         "timed_out",
     )
 
-    def __init__(self, conn: Conn, max_queue: int) -> None:
+    def __init__(self, conn: _ConnBase, max_queue: int) -> None:
         self._conn = conn
         self._events: collections.deque[Item] | tuple[()] = ()
         self._high = max_queue if max_queue > 0 else 1
