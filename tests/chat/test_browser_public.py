@@ -262,6 +262,7 @@ def test_the_connection_state_shows_connected_and_reconnecting(tmp_path: Path) -
             page = browser.new_page()
             page.goto(chat.url)
             expect_state(page, "connected", "Connected")
+            expect(page.locator(STATE)).to_be_in_viewport()  # in sight, not clipped off
             set_name(page, "erin")
             expect(page.locator(MEMBERS)).to_have_text(["erin"])
             expect(page.locator("#people")).not_to_have_class("stale")
