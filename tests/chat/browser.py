@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from epws_chat.brokers import Broker
+from epws_chat.client import Settings
 from epws_chat.server import Chat, start_chat
 
 T = TypeVar("T")
@@ -115,13 +116,18 @@ class ChatServer:
         try:
             return self.proc.wait(timeout=10)
         finally:
-            self._thread.join(timeout=5)
+            self._done()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self._done()
+
+    def _done(self) -> None:
         self._thread.join(timeout=5)
+        if not self._thread.is_alive() and self.proc.stderr is not None:
+            self.proc.stderr.close()  # read to its end: no pipe left for the collector
 
 
 class ChatThread:
@@ -141,12 +147,18 @@ class ChatThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def start(self, port: int = 0, broker: Broker | None = None, say: Sequence[str] = ()) -> Chat:
+    def start(
+        self,
+        port: int = 0,
+        broker: Broker | None = None,
+        say: Sequence[str] = (),
+        settings: Settings | None = None,
+    ) -> Chat:
         """Start a chat; the lines of ``say`` are published as it starts listening,
         before any page can have joined again."""
 
         async def go() -> Chat:
-            chat = await start_chat(None, "127.0.0.1", port, broker=broker)
+            chat = await start_chat(settings, "127.0.0.1", port, broker=broker)
             for line in say:
                 chat.hub.broadcast(line, name="carol")
             return chat

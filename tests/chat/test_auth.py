@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import jwt
@@ -154,6 +156,55 @@ async def test_an_open_connection_is_closed_at_its_tokens_expiry(start) -> None:
     assert line["text"] == "still here"
     assert len(chat.hub) == 1
     await conns[2].close()
+
+
+async def check(chat: Chat, target: str, method: str = "GET") -> tuple[int, dict[str, str], Any]:
+    status, headers, body = await http(chat.port, f"{method} {target} HTTP/1.1\nHost: x\n\n")
+    return status, headers, json.loads(body) if status != 405 else body.decode()
+
+
+async def test_ws_check_says_why_ws_would_be_refused(start) -> None:
+    """The page's WebSocket cannot read a refused handshake's status, so it asks here:
+    the same check, the same status and text, as JSON."""
+    chat = await start(auth=TokenAuth.from_secret(SECRET))
+    token = mint(SECRET, "alice", rooms="dev", ttl=3600)
+    ws_status, text = await refused_status(chat, token=token, room="ops")
+    assert chat.stats is not None
+    handshakes = chat.stats.snapshot()["handshakes"]
+    status, headers, answer = await check(chat, f"/ws/check?room=dev&token={token}")
+    assert (status, answer) == (200, {"ok": True})
+    assert headers["content-type"] == "application/json"
+    assert headers["cache-control"] == "no-store"
+    assert "access-control-allow-origin" not in headers  # same origin only
+    status, _, answer = await check(chat, f"/ws/check?room=ops&token={token}")
+    assert (status, answer) == (403, {"ok": False, "status": 403, "error": text.strip()})
+    assert ws_status == 403 and answer["error"] == "this token does not allow room 'ops'"
+    status, _, answer = await check(chat, "/ws/check?room=dev")
+    assert status == 401 and answer["error"] == "a token is required: connect with ?token=..."
+    expired = mint(SECRET, "alice", ttl=60, now=time.time() - 120)
+    status, _, answer = await check(chat, f"/ws/check?token={expired}")
+    assert (status, answer["error"]) == (401, "token expired")
+    status, headers, _ = await check(chat, "/ws/check", method="POST")
+    assert status == 405 and headers["allow"] == "GET"
+    # Asking counted no handshake and nobody joined.
+    assert chat.stats.snapshot()["handshakes"] == handshakes
+    assert len(chat.hub) == 0
+    # Without --auth-* every query passes.
+    anonymous = await start()
+    assert (await check(anonymous, "/ws/check?room=dev"))[::2] == (200, {"ok": True})
+
+
+async def test_the_logged_page_url_hides_the_token(start, caplog) -> None:
+    chat = await start(auth=TokenAuth.from_secret(SECRET))
+    token = mint(SECRET, "alice", ttl=3600)
+    with caplog.at_level(logging.INFO, logger="epws_chat"):
+        status, _, _ = await http(
+            chat.port, f"GET /r/dev?x=1&token={token}&y=2 HTTP/1.1\nHost: x\n\n"
+        )
+        await check(chat, f"/ws/check?token={token}")
+    assert status == 200
+    assert token not in caplog.text
+    assert "GET /r/dev?x=1&token=(hidden)&y=2" in caplog.text
 
 
 async def test_without_auth_the_chat_stays_anonymous(start) -> None:

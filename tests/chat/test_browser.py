@@ -150,7 +150,7 @@ def test_https_page_connects_with_wss(tmp_path: Path) -> None:
             page = browser.new_page()
             with page.expect_websocket() as info:
                 page.goto(chat.url)
-            assert info.value.url == f"wss://127.0.0.1:{chat.port}/ws"
+            assert info.value.url == f"wss://127.0.0.1:{chat.port}/ws?presence=1"
             chat.wait_for(r"connected")
             send(page, "over tls")
             expect(page.locator(TEXTS).last).to_have_text("over tls")
@@ -281,7 +281,7 @@ def test_the_page_reconnects_and_resumes_without_loss_or_repeats(tmp_path: Path)
             chat = servers.start(port, broker=broker, say=during)
             expected = [f"before {i}" for i in range(3)] + during
             expect(page.locator(TEXTS)).to_have_text(expected, timeout=20_000)
-            expect(page.locator("#status")).to_have_text("")
+            expect(page.locator("#status")).to_have_text("Connected")
             # The page resumed after the last id it had shown, rather than reloading
             # the history (which would have repeated the first lines but for the
             # page's own check).

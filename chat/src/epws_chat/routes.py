@@ -8,13 +8,18 @@ same page, which then joins that room (``/?room=<room>`` works too).
 
 Before a ``/ws`` request is upgraded, :func:`make_process_request` asks the connection
 gate and the token check, so a refused client gets a plain HTTP status it can read.
+A browser cannot: a WebSocket that fails to open tells the page nothing (no status,
+no body), so ``GET /ws/check`` answers the token check for the same query as JSON,
+which the page reads to say why it is refused instead of retrying forever.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +41,11 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
+#: A ``token=`` value in a request target: the page's URL carries the user's token
+#: (``/r/dev?token=...``), and a token in a log file is a credential anyone reading
+#: the logs could use until it expires, so the logged URL hides it.
+_TOKEN_VALUE = re.compile(r"([?&]token=)[^&#]*")
+
 
 def make_process_request(
     static_dir: Path = STATIC_DIR,
@@ -47,7 +57,8 @@ def make_process_request(
     """The home handler: answers every plain HTTP request; ``/ws`` goes on to the upgrade
     unless the ``gate`` refuses it (503: full; 429: too many from that address) or
     ``auth`` does (401: no valid token; 403: the token does not allow the room).
-    ``/healthz`` and ``/readyz`` answer load balancers (``ready``: why not, or "")."""
+    ``/healthz`` and ``/readyz`` answer load balancers (``ready``: why not, or "");
+    ``/ws/check`` tells a page why its ``/ws`` is refused (:func:`_explain`)."""
     page = static_dir / "home.html"
 
     def process_request(request: epws.Request) -> epws.HTTPResponse | None:
@@ -60,6 +71,8 @@ def make_process_request(
                 if stats is not None:
                     stats.handshake(refusal.status)
             return refusal
+        if request.path == "/ws/check":
+            return _explain(auth, request)
         if request.path == "/healthz":
             return epws.HTTPResponse(200, "ok\n", headers=[_NOSNIFF])
         if request.path == "/readyz":
@@ -67,7 +80,7 @@ def make_process_request(
             return epws.HTTPResponse(
                 503 if why else 200, (why or "ready") + "\n", headers=[_NOSNIFF]
             )
-        logger.info("%s %s", request.method, request.target)
+        logger.info("%s %s", request.method, _TOKEN_VALUE.sub(r"\1(hidden)", request.target))
         if request.path != "/" and not _is_room_page(request.path):
             return epws.HTTPResponse(404, "Not found\n", headers=[_NOSNIFF])
         if request.method != "GET":
@@ -101,6 +114,35 @@ def _check_token(auth: TokenAuth, request: epws.Request) -> epws.HTTPResponse | 
             headers.append(("WWW-Authenticate", 'Bearer realm="epws-chat"'))
         return epws.HTTPResponse(exc.status, exc.text + "\n", headers=headers)
     return None
+
+
+def _explain(auth: TokenAuth | None, request: epws.Request) -> epws.HTTPResponse:
+    """``GET /ws/check?room=R&token=T``: what the token check says about ``/ws`` with the
+    same query, as JSON: 200 ``{"ok": true}``, or the refusal's status (401, 403) with
+    ``{"ok": false, "status": N, "error": text}``, the text ``/ws`` itself answers.
+
+    It tells the caller nothing ``/ws`` does not already tell any non-browser client,
+    and it is same-origin only (no CORS header: another site's page cannot read it).
+    The connection gate is not asked: a full server is worth retrying, not explaining,
+    and asking it here would count refusals that never happened. The target is not
+    logged, since it holds the token.
+    """
+    headers = [_NOSNIFF, ("Cache-Control", "no-store")]
+    if request.method != "GET":
+        return epws.HTTPResponse(405, "Method not allowed\n", headers=[("Allow", "GET"), *headers])
+    answer: dict[str, object] = {"ok": True}
+    status = 200
+    if auth is not None:
+        try:
+            identify(auth, request)
+        except AuthError as exc:
+            status, answer = exc.status, {"ok": False, "status": exc.status, "error": exc.text}
+    return epws.HTTPResponse(
+        status,
+        json.dumps(answer) + "\n",
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 def _is_room_page(path: str) -> bool:
