@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from .base import BrokerError
 from .subscriptions import Subscriptions
+from .tasks import stop
 
 if TYPE_CHECKING:
     from ..metrics import Counters
@@ -132,12 +133,7 @@ class Listener:
     async def close(self, reason: str) -> None:
         """Stop reading and close the connection; the broker is down for ``reason``."""
         self.closed = True
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop(self._task)
         self._set_down(reason)
         if self.conn is not None:
             await self.conn.disconnect(nowait=True)

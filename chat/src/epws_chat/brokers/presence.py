@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from .base import BadEntry, PresenceHost
 from .listener import Listener, describe
+from .tasks import stop
 from .wire import (
     Keys,
     PresenceDelta,
@@ -176,6 +177,7 @@ class Presence:
         self._written: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._failures = 0
 
     # ------------------------------------------------------------- this process
@@ -194,11 +196,9 @@ class Presence:
 
     async def close(self) -> None:
         """Write what is pending, then say goodbye (briefly: at most a second)."""
+        self._closing = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop(task)
         if not self.listener.up:
             return
         try:
@@ -215,7 +215,7 @@ class Presence:
         heartbeat every interval."""
         loop = asyncio.get_running_loop()
         next_beat = last_write = loop.time() - LINGER
-        while True:
+        while not self._closing:
             try:
                 if not self.listener.up:
                     with contextlib.suppress(TimeoutError):

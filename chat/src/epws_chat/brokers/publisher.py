@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from redis.exceptions import NoScriptError, RedisError, TimeoutError as RedisTim
 from .base import BrokerError, BrokerUnsure, OnError
 from .listener import Listener, describe
 from .subscriptions import RoomRecord, Subscriptions
+from .tasks import stop
 from .wire import PUBLISH_SCRIPT, Keys, encode_body
 
 if TYPE_CHECKING:
@@ -137,9 +137,7 @@ class Publisher:
                 async with asyncio.timeout(2):
                     await asyncio.shield(task)
             except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await stop(task)
         failed, self._queue = self._queue, []
         for record in self.subscriptions.rooms.values():
             if record.park_timer is not None:

@@ -285,7 +285,7 @@ class RedisBroker:
                 raise results[0]
             if results[0] and record is not None and self._subscriptions.rooms.get(room) is record:
                 # Every live message up to what was read has been delivered (to the
-                # joining client's holding list, where it is dropped as a duplicate):
+                # joining client's held_for_history, where it is dropped as a duplicate):
                 # none can arrive after the history lines.
                 await listener.barrier(listener.conn)
         except TimeoutError:
