@@ -43,7 +43,9 @@ logger = logging.getLogger("epws_chat.redis")
 #: Largest number of messages sent in one pipeline (a longer queue takes several).
 MAX_BATCH = 1000
 
-#: A message on its way: room, body, who hears of a failure, loop time it was queued.
+#: A message on its way: room, body, who hears of a failure, and time.perf_counter()
+#: when it was queued (not loop.time(): uvloop's counts whole milliseconds, so the
+#: publish latency of a loopback round trip read 0).
 Pending = tuple[str, bytes, OnError, float]
 
 
@@ -103,7 +105,7 @@ class Publisher:
             on_error(BrokerError(self.listener.down_reason))
             return
         loop = asyncio.get_running_loop()
-        item = (room, encode_body(name, text, time.time()), on_error, loop.time())
+        item = (room, encode_body(name, text, time.time()), on_error, time.perf_counter())
         record = self.subscriptions.rooms.get(room)
         if record is not None and (record.parked is not None or not record.ready.is_set()):
             if record.parked is None:
@@ -182,7 +184,7 @@ class Publisher:
                     continue
                 stats = self.stats
                 latency = stats.publish_latency if stats is not None else None
-                now = asyncio.get_running_loop().time()
+                now = time.perf_counter()
                 for (_, _, on_error, queued), result in zip(batch, results, strict=True):
                     if isinstance(result, Exception):
                         on_error(BrokerError(f"Redis refused the message ({result})"))
