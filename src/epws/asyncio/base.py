@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConnectionClosed
 from ..protocol import Close, Failure, Protocol
+from .corking import WriteBatch, batch_for
 from .keepalive import KEEPALIVE_PAYLOAD, keepalive_settings
 from .messages import Inbound
 
@@ -34,6 +35,7 @@ class _ConnBase(asyncio.Protocol):
     """The state of a connection; its behaviour is in the parts (see the module docstring)."""
 
     __slots__ = (
+        "_batch",
         "_close_timer",
         "_closed",
         "_drain_waiters",
@@ -131,7 +133,9 @@ class _ConnBase(asyncio.Protocol):
         self._registry: set[Conn] | None = None
         self._closed = False
         self._write_limit = write_limit
-        # Corked writes: frames written during one loop iteration go out in one call.
+        # Corked writes: frames written during one loop iteration go out in one call
+        # (corking.py); the batch is the loop's, looked up once here.
+        self._batch: WriteBatch = batch_for(self.loop)
         self._wpending: list[bytes] | None = None
         self._wpending_size = 0
         if ka is not None:
