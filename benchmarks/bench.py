@@ -936,8 +936,10 @@ def draw_charts(opts: Options, agg: dict[tuple[str, str], dict[str, Any]]) -> li
         "chat": [s for s in opts.scenarios if s.mode == "chat"],
         "connections": [s for s in opts.scenarios if s.mode in ("idle", "connect")],
     }
-    for old in opts.out.glob("*.png"):
-        old.unlink()  # charts of an earlier run with other scenarios must not linger
+    for family in families:
+        # Charts of an earlier run with other scenarios must not linger; scale.png is
+        # benchmarks/scale.py's, not this run's.
+        (opts.out / f"{family}.png").unlink(missing_ok=True)
     colors = {
         "epws": "#d62728",
         "websockets": "#1f77b4",
