@@ -52,6 +52,39 @@ async def test_deadlines_fire_in_order_and_pushed_ones_wait() -> None:
     assert len(queue) == 0 and queue._timer is None and not queue._heap
 
 
+class Rearming(Target):
+    """Sets a new, later deadline of its own from its expiry hook, as the keepalive does
+    (a ping sent: the pong wait is its next deadline)."""
+
+    def __init__(self, name: str, log: list[str], queue: DeadlineQueue, after: float) -> None:
+        super().__init__(name, log)
+        self.queue = queue
+        self.after = after
+
+    def _read_timed_out(self) -> None:
+        super()._read_timed_out()
+        self.set(self.queue, asyncio.get_running_loop().time() + self.after)
+
+
+async def test_a_deadline_set_while_firing_does_not_delay_an_earlier_one() -> None:
+    """Found by the scale run (keepalive pings at a third of their rate with 500
+    connections): while the timer's callback ran, the first deadline set from an
+    expiry hook armed the timer for itself, later than entries still in the heap,
+    which then waited for it."""
+    loop = asyncio.get_running_loop()
+    queue = DeadlineQueue()
+    log: list[str] = []
+    now = loop.time()
+    first = Rearming("first", log, queue, after=1.0)  # re-arms 1 s after it fires
+    second = Target("second", log)
+    first.set(queue, now + 0.02)
+    second.set(queue, now + 0.10)
+    await asyncio.sleep(0.3)
+    assert log == ["first", "second"]  # the second fired on time, not after 1 s
+    first.set(queue, None)
+    assert len(queue) == 0
+
+
 async def test_pushing_often_keeps_the_heap_small() -> None:
     loop = asyncio.get_running_loop()
     queue = DeadlineQueue()

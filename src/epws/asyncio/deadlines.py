@@ -76,8 +76,12 @@ class DeadlineQueue:
             self._live += 1
         heap = self._heap
         heapq.heappush(heap, (new, next(self._seq), target))
-        if self._timer is None or new < self._timer_when:
-            self._arm(loop, new)
+        # The timer is for the heap's earliest entry, not for this one: while _fire
+        # runs there is no timer, and an expiry hook that sets a later deadline must
+        # not arm it past entries still waiting in the heap (they would wait for it).
+        top = heap[0][0]
+        if self._timer is None or top < self._timer_when:
+            self._arm(loop, top)
         if len(heap) > 2 * self._live + 64:
             self._compact()
 
@@ -106,8 +110,12 @@ class DeadlineQueue:
                     logger.exception("read deadline handler failed")
         if not self._live:
             self._clear()
-        elif self._heap and self._timer is None:
-            self._arm(loop, self._heap[0][0])
+        elif self._heap:
+            # Hooks may have armed the timer for an entry popped since; the earliest
+            # one left is what it must wait for.
+            top = self._heap[0][0]
+            if self._timer is None or top != self._timer_when:
+                self._arm(loop, top)
 
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2]._read_deadline == e[0]]
