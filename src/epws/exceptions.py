@@ -21,6 +21,11 @@ Timeouts and deadlines raise the built-in :class:`TimeoutError`, as asyncio does
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol.protocol import Protocol
+
 __all__ = [
     "BadOrigin",
     "ConcurrencyError",
@@ -165,6 +170,33 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection was closed abnormally or with an error code."""
+
+
+#: Received close codes that make a closed connection "OK" (1005: a frame with no code).
+_OK_CODES = frozenset({1000, 1001, 1005})
+
+
+def closed_error(protocol: Protocol, exc: BaseException | None = None) -> ConnectionClosed:
+    """The :class:`ConnectionClosed` that ``protocol``'s close frames (both ways) make.
+
+    One copy of the rule for the asyncio and the sync connection: OK when the peer's
+    code is 1000, 1001 or none and nothing failed; ``exc`` (what ended TCP) becomes
+    the cause.
+    """
+    rcvd, sent = protocol.close_rcvd, protocol.close_sent
+    code = rcvd.code if rcvd is not None else None
+    ok = code in _OK_CODES and not protocol.failed
+    cls = ConnectionClosedOK if ok else ConnectionClosedError
+    err = cls(
+        code,
+        rcvd.reason if rcvd is not None else "",
+        sent[0] if sent is not None else None,
+        sent[1] if sent is not None else "",
+        cause=str(exc) if exc else "",
+    )
+    if exc is not None:
+        err.__cause__ = exc
+    return err
 
 
 class InvalidState(EpwsError, RuntimeError):

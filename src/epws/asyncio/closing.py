@@ -18,11 +18,10 @@ import socket
 import struct
 from typing import Self
 
-from ..exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from ..exceptions import ConnectionClosed, closed_error
 from ..protocol import Close, Failure, Side
 from .base import _ConnBase
 
-_OK_CODES = (1000, 1001, 1005)
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets, drops the queue
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -57,22 +56,7 @@ class _ConnClosing(_ConnBase):
         return 1006 if self._closed else None
 
     def _closed_error(self, exc: BaseException | None = None) -> ConnectionClosed:
-        protocol = self._protocol
-        rcvd = protocol.close_rcvd
-        sent = protocol.close_sent
-        rcvd_code = rcvd.code if rcvd is not None else None
-        ok = rcvd_code in _OK_CODES and not protocol.failed
-        cls = ConnectionClosedOK if ok else ConnectionClosedError
-        err = cls(
-            rcvd_code,
-            rcvd.reason if rcvd is not None else "",
-            sent[0] if sent is not None else None,
-            sent[1] if sent is not None else "",
-            cause=str(exc) if exc else "",
-        )
-        if exc is not None:
-            err.__cause__ = exc
-        return err
+        return closed_error(self._protocol, exc)
 
     def _closed_exc(self) -> ConnectionClosed:
         """What to raise to a reader or writer of a closed (or closing) connection.

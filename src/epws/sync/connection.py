@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ..exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from ..exceptions import ConnectionClosed, ConnectionClosedOK, closed_error
 from ..protocol import Close, Failure, Pong, Protocol
 from ..protocol.http11 import Response
 
@@ -35,7 +35,6 @@ __all__ = ["ClientConnection"]
 # Bytes asked of the socket per read, open and during the handshake (client.py):
 # what one read may add to the messages the client holds.
 _READ_SIZE = 65536
-_OK_CODES = frozenset({1000, 1001, 1005})
 
 
 class ClientConnection:
@@ -92,17 +91,7 @@ class ClientConnection:
         return 1006 if self._closed else None
 
     def _closed_error(self) -> ConnectionClosed:
-        protocol = self._protocol
-        rcvd, sent = protocol.close_rcvd, protocol.close_sent
-        code = rcvd.code if rcvd is not None else None
-        ok = code in _OK_CODES and not protocol.failed
-        cls = ConnectionClosedOK if ok else ConnectionClosedError
-        return cls(
-            code,
-            rcvd.reason if rcvd is not None else "",
-            sent[0] if sent is not None else None,
-            sent[1] if sent is not None else "",
-        )
+        return closed_error(self._protocol)
 
     # ------------------------------------------------------------ reading
 
