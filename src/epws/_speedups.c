@@ -1,8 +1,10 @@
-/* Optional accelerator for epws: masking (RFC 6455 section 5.3).
+/* Optional accelerator for epws: masking (RFC 6455 section 5.3) and splitting a
+ * whole HTTP head into its fields (the server's opening handshake).
  *
- * The pure-Python twin is epws.protocol.frames._apply_mask_py; tests run both on the
- * same vectors. Built by the normal install when a compiler is present; when it is
- * absent (or EPWS_BUILD_EXTENSION=no) the library falls back silently.
+ * Each function has a pure-Python twin that tests hold it to on the same inputs:
+ * epws.protocol.frames._apply_mask_py and epws.protocol.http11._split_head_py.
+ * Built by the normal install when a compiler is present; when it is absent (or
+ * EPWS_BUILD_EXTENSION=no) the library falls back silently.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -61,10 +63,182 @@ done:
     return result;
 }
 
+/* RFC 7230 section 3.2.6 tchar: the bytes a header name is made of. */
+static int
+is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* A field-value byte: HTAB, SP to '~', obs-text; never CR, LF or another control. */
+static int
+is_value_byte(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+static Py_ssize_t
+find_crlf(const unsigned char *buf, Py_ssize_t from, Py_ssize_t n, int twice)
+{
+    Py_ssize_t need = twice ? 4 : 2;
+    for (Py_ssize_t i = from; i + need <= n; i++) {
+        const unsigned char *p = memchr(buf + i, '\r', (size_t)(n - i));
+        if (p == NULL) {
+            return -1;
+        }
+        i = p - buf;
+        if (i + need > n) {
+            return -1;
+        }
+        if (buf[i + 1] == '\n' && (!twice || (buf[i + 2] == '\r' && buf[i + 3] == '\n'))) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* The twin of _split_head_py: see its docstring for the contract. */
+static PyObject *
+split_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t max_line, max_headers, max_header_bytes;
+    PyObject *items = NULL, *index = NULL, *result = NULL;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "split_head(data, max_line, max_headers, max_header_bytes) takes 4 arguments");
+        return NULL;
+    }
+    max_line = PyLong_AsSsize_t(args[1]);
+    max_headers = PyLong_AsSsize_t(args[2]);
+    max_header_bytes = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t n = view.len;
+    Py_ssize_t end = find_crlf(buf, 0, n, 1);
+    Py_ssize_t first = end < 0 ? -1 : find_crlf(buf, 0, n, 0);
+    /* No whole head; an empty or overlong start line; a section over its bound; a bare
+     * LF in the start line: the line-by-line parser decides. */
+    if (end < 0 || first == 0 || first > max_line || (end + 2 - (first + 2)) + 2 > max_header_bytes
+        || memchr(buf, '\n', (size_t)first) != NULL) {
+        goto none;
+    }
+    items = PyList_New(0);
+    index = PyDict_New();
+    if (items == NULL || index == NULL) {
+        goto done;
+    }
+    Py_ssize_t pos = first + 2, count = 0;
+    while (pos < end + 2) {
+        Py_ssize_t name_end = pos;
+        while (name_end < n && is_tchar(buf[name_end])) {
+            name_end++;
+        }
+        if (name_end == pos || name_end >= n || buf[name_end] != ':') {
+            goto none;
+        }
+        Py_ssize_t value_end = name_end + 1;
+        while (value_end < n && is_value_byte(buf[value_end])) {
+            value_end++;
+        }
+        /* The value must end in CRLF, inside the section. */
+        if (value_end + 2 > end + 2 || buf[value_end] != '\r' || buf[value_end + 1] != '\n') {
+            goto none;
+        }
+        if (value_end - pos > max_line || ++count > max_headers) {
+            goto none;
+        }
+        Py_ssize_t vs = name_end + 1, ve = value_end;
+        while (vs < ve && (buf[vs] == ' ' || buf[vs] == '\t')) {
+            vs++;
+        }
+        while (ve > vs && (buf[ve - 1] == ' ' || buf[ve - 1] == '\t')) {
+            ve--;
+        }
+        PyObject *name = PyUnicode_DecodeLatin1((const char *)buf + pos, name_end - pos, NULL);
+        PyObject *value = PyUnicode_DecodeLatin1((const char *)buf + vs, ve - vs, NULL);
+        PyObject *key = NULL, *pair = NULL;
+        int failed = name == NULL || value == NULL;
+        if (!failed) {
+            /* Names are ASCII here, so lowering the bytes is str.lower(). */
+            char small[64];
+            Py_ssize_t len = name_end - pos;
+            char *low = len <= (Py_ssize_t)sizeof small ? small : PyMem_Malloc((size_t)len);
+            if (low == NULL) {
+                PyErr_NoMemory();
+                failed = 1;
+            } else {
+                for (Py_ssize_t i = 0; i < len; i++) {
+                    unsigned char c = buf[pos + i];
+                    low[i] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+                }
+                key = PyUnicode_DecodeASCII(low, len, NULL);
+                if (low != small) {
+                    PyMem_Free(low);
+                }
+                pair = PyTuple_Pack(2, name, value);
+                failed = key == NULL || pair == NULL || PyList_Append(items, pair) < 0;
+            }
+        }
+        if (!failed) {
+            PyObject *values = PyDict_GetItemWithError(index, key); /* borrowed */
+            if (values != NULL) {
+                failed = PyList_Append(values, value) < 0;
+            } else if (PyErr_Occurred()) {
+                failed = 1;
+            } else {
+                values = PyList_New(1);
+                if (values == NULL) {
+                    failed = 1;
+                } else {
+                    Py_INCREF(value);
+                    PyList_SET_ITEM(values, 0, value);
+                    failed = PyDict_SetItem(index, key, values) < 0;
+                    Py_DECREF(values);
+                }
+            }
+        }
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        Py_XDECREF(key);
+        Py_XDECREF(pair);
+        if (failed) {
+            goto done;
+        }
+        pos = value_end + 2;
+    }
+    {
+        PyObject *start = PyBytes_FromStringAndSize((const char *)buf, first);
+        if (start != NULL) {
+            result = Py_BuildValue("(NOOn)", start, items, index, end + 4);
+        }
+    }
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(index);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask($module, data, mask, /)\n--\n\n"
      "XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."},
+    {"split_head", (PyCFunction)(void (*)(void))split_head, METH_FASTCALL,
+     "split_head($module, data, max_line, max_headers, max_header_bytes, /)\n--\n\n"
+     "A whole, well-formed HTTP head split into its fields, or None (see http11.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -97,8 +97,31 @@ async def test_pushing_often_keeps_the_heap_small() -> None:
     assert len(queue._heap) <= 2 * 100 + 64 + 1  # stale entries were dropped
     for t in targets:
         t.set(queue, None)
-    assert not queue._heap and queue._timer is None  # nothing left behind
+    assert not queue._heap and len(queue) == 0  # nothing left behind but the timer
     assert log == []
+
+
+async def test_the_queue_and_its_timer_outlive_a_connection_then_go() -> None:
+    """A server's churn (one handshake after another, each with a keepalive deadline)
+    keeps one queue and one timer: the last deadline leaving does not cancel the timer,
+    which fires once with nothing due and then lets the queue go."""
+    loop = asyncio.get_running_loop()
+    queue = DeadlineQueue()
+    log: list[str] = []
+    a, b = Target("a", log), Target("b", log)
+    a.set(queue, loop.time() + 0.05)
+    timer = queue._timer
+    a.set(queue, None)
+    b.set(queue, loop.time() + 0.2)  # the next connection: no new timer for it
+    assert queue._timer is timer and not timer.cancelled()  # type: ignore[union-attr]
+    b.set(queue, None)
+    assert queue._timer is timer and not queue._heap
+    await asyncio.sleep(0.1)  # the timer fired with nothing due
+    assert queue._timer is None and not queue._heap and log == []
+    ref = weakref.ref(queue)
+    del queue, timer
+    gc.collect()
+    assert ref() is None  # nothing holds an empty queue
 
 
 async def test_an_expiry_hook_may_set_other_deadlines() -> None:

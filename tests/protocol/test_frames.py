@@ -325,12 +325,14 @@ def test_accelerator_state_is_what_the_run_asked_for() -> None:
     pass really tests what it claims (a failed build would silently fall back)."""
     import os
 
-    from epws.protocol import frames
+    from epws.protocol import frames, http11
 
     if os.environ.get("EPWS_NO_EXTENSION"):
         assert frames.SPEEDUPS is False
         assert frames.apply_mask is frames._apply_mask_py
+        assert http11.split_head is http11._split_head_py
     elif os.environ.get("EPWS_EXPECT_EXTENSION"):
         assert frames.SPEEDUPS is True
+        assert http11.split_head is not http11._split_head_py
     data, key = bytes(range(256)) * 3, b"\x01\x02\x03\x04"
     assert frames.apply_mask(data, key) == frames._apply_mask_py(data, key)

@@ -13,6 +13,7 @@ import pytest
 from epws.exceptions import HandshakeError, NegotiationError
 from epws.protocol.handshake import (
     GUID,
+    SWITCHING_PROTOCOLS,
     accept_key,
     build_request,
     build_response,
@@ -22,6 +23,7 @@ from epws.protocol.handshake import (
     generate_key,
     is_upgrade_request,
     origin_allowed,
+    response_fields,
     select_subprotocol,
 )
 from epws.protocol.http11 import (
@@ -31,6 +33,7 @@ from epws.protocol.http11 import (
     Response,
     ResponseParser,
     build_http_response,
+    render_head,
 )
 
 from .samples import ACCEPT, KEY, RESPONSE_BYTES
@@ -153,6 +156,21 @@ def test_build_response_vector() -> None:
         b"Server: epws\r\n"
         b"\r\n"
     )
+
+
+@pytest.mark.parametrize("subprotocol", [None, "chat"])
+@pytest.mark.parametrize("extensions", [None, "permessage-deflate; server_no_context_takeover"])
+@pytest.mark.parametrize("extra", [(), [("Server", "epws"), ("X-Empty", "")]])
+def test_build_response_is_the_rendered_fields(
+    subprotocol: str | None, extensions: str | None, extra: list[tuple[str, str]]
+) -> None:
+    # build_response skips checking the fixed fields: the bytes must still be those of
+    # the one rendering that checks everything (which process_response's path uses).
+    fields = response_fields(
+        KEY, subprotocol=subprotocol, extensions=extensions, extra_headers=extra
+    )
+    built = build_response(KEY, subprotocol=subprotocol, extensions=extensions, extra_headers=extra)
+    assert built == render_head(SWITCHING_PROTOCOLS, fields)
 
 
 @pytest.mark.parametrize(

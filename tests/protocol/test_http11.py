@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from epws.exceptions import HandshakeError
 from epws.protocol.handshake import check_request, check_response
@@ -14,6 +15,7 @@ from epws.protocol.http11 import (
     Request,
     RequestParser,
     ResponseParser,
+    _split_head_py,
     build_http_response,
 )
 
@@ -424,3 +426,190 @@ def test_headers_compact_keeps_every_field_and_lookup() -> None:
     headers.compact()
     headers.add("Late", "x")
     assert headers.get("late") == "x" and len(headers) == 6
+
+
+# ------------------------------------------------------------------ the one-chunk fast path
+#
+# A head that arrives whole in the first chunk is parsed by _HeadParser._parse_whole; fed
+# a byte at a time, the same bytes take the line-by-line path. The two must agree on
+# everything: the head, every lookup, the rest, or the error's status and message.
+
+#: What field lines are made of, mostly valid, with every mistake the parser refuses:
+#: names with spaces or none, missing colons, control characters, obs-text, folding,
+#: bare CR or LF, and lines long enough to meet the small limits below.
+_NAMES = [b"Host", b"HOST", b"X-A", b"x-a", b"Upgrade", b"Bad Name", b"", b" Folded", b"\tFold"]
+_SEPARATORS = [b":", b": ", b":\t ", b" :", b""]
+_VALUES = [b"v", b"", b"  a b  ", b"a,b", b"caf\xe9", b"a\x00b", b"a\x7fb", b"a\rb", b"x" * 40]
+_ENDS = [b"\r\n"] * 6 + [b"\n", b"\r", b"\r\r\n"]
+_STARTS = [
+    b"GET /ws HTTP/1.1",
+    b"GET /ws HTTP/1.0",
+    b"G(T / HTTP/1.1",
+    b"GET  / HTTP/1.1",
+    b"HTTP/1.1 101 Switching Protocols",
+    b"HTTP/1.1 200",
+    b"",
+    b"GET /" + b"p" * 40 + b" HTTP/1.1",
+]
+_ANY_LINE = st.tuples(
+    st.sampled_from(_NAMES),
+    st.sampled_from(_SEPARATORS),
+    st.sampled_from(_VALUES),
+    st.sampled_from(_ENDS),
+).map(b"".join)
+_GOOD_LINE = st.tuples(
+    st.sampled_from(_NAMES[:5]),
+    st.sampled_from(_SEPARATORS[:3]),
+    st.sampled_from(_VALUES[:6] + _VALUES[-1:]),
+).map(lambda parts: b"".join(parts) + b"\r\n")
+#: Mostly well-formed lines, so that many heads reach the fast path and its limits.
+_LINE = st.one_of(_GOOD_LINE, _GOOD_LINE, _GOOD_LINE, _ANY_LINE)
+
+
+def _outcome(parser: RequestParser | ResponseParser, chunks: list[bytes]) -> object:
+    try:
+        head = None
+        for chunk in chunks:
+            got = parser.feed(chunk)
+            if got is not None:
+                head = got
+    except HandshakeError as exc:
+        return ("error", exc.status, str(exc))
+    if head is None:
+        return ("incomplete",)
+    names = sorted({name for name, _ in head.headers} | {"host", "HOST", "x-a", "nope"})
+    lookups = [(n, head.headers.get_all(n), n in head.headers) for n in names]
+    return ("head", head, list(head.headers), lookups, parser.rest)
+
+
+@settings(max_examples=500)
+@given(
+    start=st.sampled_from(_STARTS[:1] * 3 + _STARTS[4:5] * 2 + _STARTS),
+    start_end=st.sampled_from(_ENDS),
+    lines=st.lists(_LINE, max_size=8),
+    end=st.sampled_from([b"\r\n", b"\r\n\x81\x05hello", b"", b"\n"]),
+    limits=st.tuples(
+        st.sampled_from([8, 24, 48, 8192]),
+        st.sampled_from([1, 3, 128]),
+        st.sampled_from([2, 40, 120, 65536]),
+    ),
+    response=st.booleans(),
+)
+def test_whole_head_fast_path_agrees_with_line_by_line(
+    start: bytes,
+    start_end: bytes,
+    lines: list[bytes],
+    end: bytes,
+    limits: tuple[int, int, int],
+    response: bool,
+) -> None:
+    data = start + start_end + b"".join(lines) + end
+    make = ResponseParser if response else RequestParser
+    max_line, max_headers, max_header_bytes = limits
+
+    def parser() -> RequestParser | ResponseParser:
+        return make(max_line=max_line, max_headers=max_headers, max_header_bytes=max_header_bytes)
+
+    whole = _outcome(parser(), [data])
+    bytewise = _outcome(parser(), [data[i : i + 1] for i in range(len(data))])
+    assert whole == bytewise
+
+
+try:
+    from epws import _speedups
+except ImportError:  # no compiler at install: the pure-Python pass still runs the rest
+    _speedups = None  # type: ignore[assignment]
+c_split_head = _speedups.split_head if _speedups is not None else None
+
+needs_accelerator = pytest.mark.skipif(
+    c_split_head is None and not os.environ.get("EPWS_EXPECT_EXTENSION"),
+    reason="the C accelerator is not built",
+)
+
+
+@needs_accelerator
+@settings(max_examples=500)
+@given(
+    start=st.sampled_from(_STARTS[:1] * 3 + _STARTS),
+    start_end=st.sampled_from(_ENDS),
+    lines=st.lists(_LINE, max_size=8),
+    end=st.sampled_from([b"\r\n", b"\r\n\x81\x05hello", b"", b"\n"]),
+    limits=st.tuples(
+        st.sampled_from([0, 8, 24, 48, 8192]),
+        st.sampled_from([0, 1, 3, 128]),
+        st.sampled_from([2, 40, 120, 65536]),
+    ),
+    noise=st.binary(max_size=4),
+)
+def test_c_split_head_is_its_python_twin(
+    start: bytes,
+    start_end: bytes,
+    lines: list[bytes],
+    end: bytes,
+    limits: tuple[int, int, int],
+    noise: bytes,
+) -> None:
+    # The same answer (None, or every part of the split) for every input, bytes or
+    # bytearray: the server uses whichever is built.
+    assert c_split_head is not None
+    data = start + start_end + b"".join(lines) + end + noise
+    for given_data in (data, bytearray(data), noise + data):
+        assert c_split_head(given_data, *limits) == _split_head_py(given_data, *limits)
+
+
+@needs_accelerator
+def test_c_split_head_vectors() -> None:
+    assert c_split_head is not None
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-A: \t b c \t\r\nx-a:\r\nN: caf\xe9\r\n\r\nrest"
+    expected = (
+        b"GET / HTTP/1.1",
+        [("Host", "a"), ("X-A", "b c"), ("x-a", ""), ("N", "caf\u00e9")],
+        {"host": ["a"], "x-a": ["b c", ""], "n": ["caf\u00e9"]},
+        len(head) - 4,
+    )
+    assert (
+        c_split_head(head, 8192, 128, 65536) == expected == _split_head_py(head, 8192, 128, 65536)
+    )
+    long_name = b"X-" + b"n" * 100  # past the C code's small buffer for a lowered name
+    head = b"GET / HTTP/1.1\r\n" + long_name + b": v\r\n\r\n"
+    assert c_split_head(head, 8192, 128, 65536) == _split_head_py(head, 8192, 128, 65536)
+    with pytest.raises(TypeError):
+        c_split_head("not bytes", 1, 1, 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        c_split_head(b"", 1, 1)  # type: ignore[call-arg]
+
+
+def test_whole_head_fast_path_is_taken_and_builds_the_index() -> None:
+    # The usual request, whole: parsed in one pass, its index made along the way.
+    parser = RequestParser()
+    request = parser.feed(REQUEST_BYTES + FRAMES)
+    assert request is not None
+    assert request.headers._index is not None  # built by the fast path, not on demand
+    assert request.headers.field_values("sec-websocket-key") == [KEY]
+    assert request.headers.field_values("absent") == ()
+    assert parser.rest == FRAMES
+    # At each limit exactly, the fast path still takes it; one past, the error is the
+    # line-by-line parser's.
+    line = b"X-Long: " + b"v" * 32
+    head = b"GET / HTTP/1.1\r\n" + line + b"\r\n\r\n"
+    assert RequestParser(max_line=len(line), max_header_bytes=len(line) + 4).feed(head)
+    with pytest.raises(HandshakeError) as exc_info:
+        RequestParser(max_line=len(line) - 1).feed(head)
+    assert exc_info.value.status == 431 and "header line longer" in str(exc_info.value)
+    with pytest.raises(HandshakeError) as exc_info:
+        RequestParser(max_header_bytes=len(line) + 3).feed(head)
+    assert exc_info.value.status == 431 and "header section larger" in str(exc_info.value)
+    with pytest.raises(HandshakeError) as exc_info:
+        RequestParser(max_headers=1).feed(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n")
+    assert exc_info.value.status == 431 and "more than 1 header" in str(exc_info.value)
+
+
+def test_the_limit_a_header_line_breaks_first_decides_for_every_split() -> None:
+    # The section limit (2 bytes) falls before the line limit (24): fed byte by byte, the
+    # section's fires first, so it must for the whole head too. Found by the fast path's
+    # shadow test: the whole head used to report the line limit.
+    head = b"GET /ws HTTP/1.1\r\nHost:" + b"x" * 40 + b"\r\n\r\n"
+    for cuts in ([], list(range(1, len(head)))):
+        with pytest.raises(HandshakeError) as exc_info:
+            feed_chunks(RequestParser(max_line=24, max_header_bytes=2), head, cuts)
+        assert "header section larger than 2 bytes" in str(exc_info.value)

@@ -11,6 +11,10 @@ Pushing a deadline forward leaves its old entry in the heap; an entry is acted o
 if it is still its connection's current deadline. Stale entries are dropped when they
 come due, and the heap is rebuilt when they outnumber the live ones, so memory stays
 proportional to the connections that have a deadline, however often they push it.
+
+When the last deadline goes, the timer is left to fire (and find nothing): a server
+whose connections come and go one at a time keeps one queue and one timer rather than
+making and cancelling both for each connection.
 """
 
 from __future__ import annotations
@@ -70,7 +74,11 @@ class DeadlineQueue:
             if old is not None:
                 self._live -= 1
                 if self._live == 0:
-                    self._clear()
+                    # Every entry left is stale. The timer stays armed: the connection
+                    # that comes next (a server's churn: one handshake after another)
+                    # finds this queue and its timer ready instead of making both
+                    # again; when the timer fires with nothing due, the queue goes.
+                    self._heap = []
             return
         if old is None:
             self._live += 1
@@ -109,7 +117,7 @@ class DeadlineQueue:
                 except Exception:  # one failing connection must not stop the others
                     logger.exception("read deadline handler failed")
         if not self._live:
-            self._clear()
+            self._heap = []  # only stale entries: the queue goes with its timer
         elif self._heap:
             # Hooks may have armed the timer for an entry popped since; the earliest
             # one left is what it must wait for.
@@ -120,12 +128,6 @@ class DeadlineQueue:
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if e[2]._read_deadline == e[0]]
         heapq.heapify(self._heap)
-
-    def _clear(self) -> None:
-        self._heap = []
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 # Weak on both sides. The loop owns its queue while a deadline is pending, through the

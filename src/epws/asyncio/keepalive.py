@@ -18,7 +18,6 @@ calls it again for what it is given.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 __all__ = ["KEEPALIVE_PAYLOAD", "Keepalive", "keepalive_settings"]
@@ -62,6 +61,10 @@ def keepalive_settings(
     """
     if interval is None:
         return None
+    if type(payload) is bytes:  # exactly bytes: hashable, and its settings checked before
+        known = _KNOWN.get((interval, timeout, payload))
+        if known is not None:
+            return known  # every connection of a server asks again: no checks, no copy
     if interval <= 0 or (timeout is not None and timeout <= 0):
         raise ValueError("ping_interval and ping_timeout must be positive (or None)")
     if not isinstance(payload, bytes | bytearray | memoryview):
@@ -69,10 +72,15 @@ def keepalive_settings(
     data = bytes(payload)
     if len(data) > _MAX_CONTROL:
         raise ValueError(f"ping_payload is {len(data)} bytes; a ping carries at most 125")
-    return _interned(interval, timeout, data)
+    key = (interval, timeout, data)
+    found = _KNOWN.get(key)
+    if found is None:
+        found = Keepalive(interval, timeout, data)
+        if len(_KNOWN) < _KNOWN_MAX:  # a process has few settings; past that, copies
+            _KNOWN[key] = found
+    return found
 
 
-@functools.lru_cache(maxsize=64)
-def _interned(interval: float, timeout: float | None, payload: bytes) -> Keepalive:
-    """One instance per distinct settings (bounded: a process has few of them)."""
-    return Keepalive(interval, timeout, payload)
+#: One :class:`Keepalive` per distinct settings, shared by every connection that has them.
+_KNOWN: dict[tuple[float, float | None, bytes], Keepalive] = {}
+_KNOWN_MAX = 64

@@ -23,6 +23,7 @@ from ..protocol import MessageCodec, Protocol, Side
 from ..protocol.deflate import PerMessageDeflate
 from ..protocol.handshake import (
     SWITCHING_PROTOCOLS,
+    build_response,
     check_origin_same,
     check_request,
     is_upgrade_request,
@@ -159,11 +160,15 @@ class Upgrader:
 
         Raises HandshakeError (with the status to answer) when the request is refused.
         """
-        fields, protocol, subprotocol = self._negotiate(request)
-        return render_head(SWITCHING_PROTOCOLS, fields), protocol, subprotocol
+        key, extensions, protocol, subprotocol = self._negotiate(request)
+        head = build_response(
+            key, subprotocol=subprotocol, extensions=extensions, extra_headers=self.extra_headers
+        )
+        return head, protocol, subprotocol
 
-    def _negotiate(self, request: Request) -> tuple[list[tuple[str, str]], Protocol, str | None]:
-        """:meth:`negotiate`, with the 101's header fields not rendered yet."""
+    def _negotiate(self, request: Request) -> tuple[str, str | None, Protocol, str | None]:
+        """The checks and the negotiation: the key, the extensions answered, the
+        protocol set up from them and the subprotocol."""
         key = check_request(request)
         if not self.origin_ok(request):
             raise BadOrigin(f"origin {request.headers.get('Origin')!r} not allowed")
@@ -172,14 +177,8 @@ class Upgrader:
         extensions: str | None = None
         if self.compression is not None:
             codec, extensions = self.compression.server_negotiate(request)
-        fields = response_fields(
-            key,
-            subprotocol=subprotocol,
-            extensions=extensions,
-            extra_headers=self.extra_headers,
-        )
         protocol = Protocol(Side.SERVER, max_size=self.read_limit, codec=codec)
-        return fields, protocol, subprotocol
+        return key, extensions, protocol, subprotocol
 
 
 class _HTTPProtocol(asyncio.Protocol):
@@ -359,16 +358,19 @@ class _HTTPProtocol(asyncio.Protocol):
         up = server.upgrader
         hook = server.process_response
         try:
-            if hook is None:
-                head, protocol, subprotocol = up.negotiate(request)
-            else:
-                fields, protocol, subprotocol = up._negotiate(request)
+            key, extensions, protocol, subprotocol = up._negotiate(request)
         except HandshakeError as exc:
             self._refuse(exc, request)
             return
         if hook is None:
+            head = build_response(
+                key, subprotocol=subprotocol, extensions=extensions, extra_headers=up.extra_headers
+            )
             self._switch(request, rest, head, protocol, subprotocol)
             return
+        fields = response_fields(
+            key, subprotocol=subprotocol, extensions=extensions, extra_headers=up.extra_headers
+        )
         # Only when the application asks to see it is the 101 made an object.
         response = Response(101, "Switching Protocols", Headers(fields))
 

@@ -184,7 +184,7 @@ class PerMessageDeflate:
         Raises:
             NegotiationError: (400) the header does not follow RFC 6455 §9.1's grammar.
         """
-        values = request.headers.get_all("Sec-WebSocket-Extensions")
+        values = request.headers.field_values("sec-websocket-extensions")
         if not values:
             return None, None
         for name, raw in parse_extensions(values):

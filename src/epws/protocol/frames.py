@@ -11,6 +11,8 @@ import enum
 import os
 import struct
 
+from .speedups import pick
+
 __all__ = [
     "SPEEDUPS",
     "CloseCode",
@@ -97,12 +99,7 @@ def _apply_mask_py(data: bytes | bytearray | memoryview, mask: bytes | bytearray
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-try:
-    if os.environ.get("EPWS_NO_EXTENSION"):
-        raise ImportError("disabled by EPWS_NO_EXTENSION")
-    from .._speedups import apply_mask
-except ImportError:
-    apply_mask = _apply_mask_py
+apply_mask = pick("apply_mask", _apply_mask_py)
 
 #: True when the C accelerator is in use (False with EPWS_NO_EXTENSION=1).
 SPEEDUPS = apply_mask is not _apply_mask_py

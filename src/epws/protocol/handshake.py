@@ -70,11 +70,11 @@ def upgrade_required(message: str) -> HandshakeError:
     return HandshakeError(message, 426, [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
 
 
-def _has_token(headers: Headers, name: str, token: str) -> bool:
-    return list_has_token(headers.get_all(name), token)
+def _has_token(headers: Headers, key: str, token: str) -> bool:
+    return list_has_token(headers.field_values(key), token)
 
 
-def _describe(values: list[str]) -> str:
+def _describe(values: Sequence[str]) -> str:
     return "missing" if not values else repr(", ".join(values))
 
 
@@ -83,7 +83,7 @@ def _connection_problem(headers: Headers) -> str | None:
 
     Both sides need the ``upgrade`` token; they differ only in how they fail.
     """
-    if _has_token(headers, "Connection", "upgrade"):
+    if _has_token(headers, "connection", "upgrade"):
         return None
     return (
         f"Connection header must include 'upgrade', got {_describe(headers.get_all('Connection'))}"
@@ -105,27 +105,27 @@ def check_request(request: Request) -> str:
         raise HandshakeError(
             f"WebSocket handshake must use GET, got {request.method}", 405, [("Allow", "GET")]
         )
-    hosts = headers.get_all("Host")
+    hosts = headers.field_values("host")
     if len(hosts) != 1:
         raise HandshakeError(
             "missing Host header" if not hosts else f"{len(hosts)} Host headers, expected one",
             400,
         )
-    if not _has_token(headers, "Upgrade", "websocket"):
+    if not _has_token(headers, "upgrade", "websocket"):
         raise upgrade_required(
             f"Upgrade header must include 'websocket', got {_describe(headers.get_all('Upgrade'))}"
         )
     problem = _connection_problem(headers)
     if problem is not None:
         raise upgrade_required(problem)
-    versions = headers.get_all("Sec-WebSocket-Version")
-    if versions != ["13"]:
+    versions = headers.field_values("sec-websocket-version")
+    if len(versions) != 1 or versions[0] != "13":
         raise HandshakeError(
             f"Sec-WebSocket-Version must be 13, got {_describe(versions)}",
             426,
             [("Sec-WebSocket-Version", "13")],
         )
-    keys = headers.get_all("Sec-WebSocket-Key")
+    keys = headers.field_values("sec-websocket-key")
     if len(keys) != 1:
         raise HandshakeError(
             "missing Sec-WebSocket-Key header"
@@ -149,12 +149,12 @@ def is_upgrade_request(request: Request) -> bool:
     This only looks at Upgrade, so a server can serve plain HTTP to other requests and
     still give a precise error (via :func:`check_request`) to a broken WebSocket one.
     """
-    return _has_token(request.headers, "Upgrade", "websocket")
+    return _has_token(request.headers, "upgrade", "websocket")
 
 
 def _single_origin(request: Request) -> tuple[bool, str | None]:
     """(ok, origin): ok is False when several Origin fields make the request ambiguous."""
-    origins = request.headers.get_all("Origin")
+    origins = request.headers.field_values("origin")
     if len(origins) > 1:
         return False, None
     return True, origins[0] if origins else None
@@ -216,6 +216,12 @@ def select_subprotocol(request: Request, supported: Sequence[str]) -> str | None
 SWITCHING_PROTOCOLS = "HTTP/1.1 101 Switching Protocols"
 
 
+#: The 101 up to the accept value: the same for every handshake.
+_101_HEAD = (
+    f"{SWITCHING_PROTOCOLS}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+).encode("ascii")
+
+
 def response_fields(
     key: str,
     *,
@@ -249,10 +255,19 @@ def build_response(
 
     Raises ValueError if any header value holds CR, LF, NUL or another control character.
     """
-    fields = response_fields(
-        key, subprotocol=subprotocol, extensions=extensions, extra_headers=extra_headers
-    )
-    return render_head(SWITCHING_PROTOCOLS, fields)
+    # The same bytes as render_head(SWITCHING_PROTOCOLS, response_fields(...)), built
+    # without checking the fixed fields and the accept value (base64) on every handshake:
+    # only the optional ones can hold what must be refused.
+    head = _101_HEAD + accept_key(key).encode("ascii")
+    more: list[tuple[str, str]] = []
+    if subprotocol is not None:
+        more.append(("Sec-WebSocket-Protocol", subprotocol))
+    if extensions is not None:
+        more.append(("Sec-WebSocket-Extensions", extensions))
+    more.extend(extra_headers)
+    if not more:
+        return head + b"\r\n\r\n"
+    return head + render_head("", more)  # with no start line: CRLF, the fields, CRLF CRLF
 
 
 # --------------------------------------------------------------------------- client side

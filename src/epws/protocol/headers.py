@@ -10,6 +10,7 @@ that use them, so that each of those reads as what it checks, not how text is sp
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 from epws.exceptions import NegotiationError
 
@@ -37,6 +38,10 @@ TOKEN_BYTES_RE = re.compile(f"[{_TCHAR}]+".encode("ascii"))
 FIELD_VALUE_RE = re.compile("[\t\x20-\x7e\x80-\xff]*")
 #: :data:`FIELD_VALUE_RE` for bytes (header values as received).
 FIELD_VALUE_BYTES_RE = re.compile(b"[\t\x20-\x7e\x80-\xff]*")
+#: A header section of well-formed field lines only, each ``name:value`` CRLF (the name
+#: a token, the value a field-value, whitespace around it included): what nearly every
+#: head is, so the parser checks all its lines with one match (http11.py).
+FIELD_LINES_BYTES_RE = re.compile(f"(?:[{_TCHAR}]+:[\t\x20-\x7e\x80-\xff]*\r\n)*".encode("latin-1"))
 #: Optional whitespace (RFC 7230 §3.2.3), trimmed around list elements.
 OWS = " \t"
 
@@ -53,7 +58,7 @@ def ascii_lower(s: str) -> str:
     return s.lower() if s.isascii() else s.translate(_ASCII_LOWER)
 
 
-def parse_token_list(values: list[str]) -> list[str]:
+def parse_token_list(values: Iterable[str]) -> list[str]:
     """Split comma-separated list headers (RFC 7230 §7) spread over several fields.
 
     Empty elements are ignored, as §7 requires of recipients, and whitespace is trimmed.
@@ -62,7 +67,7 @@ def parse_token_list(values: list[str]) -> list[str]:
     return [item for value in values for item in (e.strip(OWS) for e in value.split(",")) if item]
 
 
-def list_has_token(values: list[str], token: str) -> bool:
+def list_has_token(values: Sequence[str], token: str) -> bool:
     """Whether list header ``values`` hold ``token`` (lowercase), ASCII case-insensitively.
 
     The usual single-value field (``Upgrade: websocket``) is checked without splitting.
@@ -115,7 +120,7 @@ class _Cursor:
         raise NegotiationError(f"unterminated quoted-string in {self.text!r}")
 
 
-def parse_extensions(values: list[str]) -> list[tuple[str, list[tuple[str, str | None]]]]:
+def parse_extensions(values: Iterable[str]) -> list[tuple[str, list[tuple[str, str | None]]]]:
     """Parse ``Sec-WebSocket-Extensions`` values with the grammar of RFC 6455 §9.1.
 
     ``extension = token *( ";" param )``, ``param = token [ "=" (token | quoted-string) ]``.

@@ -23,19 +23,21 @@ from __future__ import annotations
 import http
 import re
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
 from epws.exceptions import HandshakeError
 
 from .headers import (
+    FIELD_LINES_BYTES_RE,
     FIELD_VALUE_BYTES_RE,
     FIELD_VALUE_RE,
     TOKEN_BYTES_RE,
     ascii_lower,
     require_token,
 )
+from .speedups import pick
 
 __all__ = [
     "Headers",
@@ -78,14 +80,24 @@ class Headers:
         self._index: dict[str, list[str]] | None = None
         self._packed: bytes | None = None
 
+    @classmethod
+    def _parsed(cls, items: list[tuple[str, str]], index: dict[str, list[str]]) -> Headers:
+        """Headers whose index the parser built along with the fields (no second pass)."""
+        headers = cls.__new__(cls)
+        headers._items = items
+        headers._index = index
+        headers._packed = None
+        return headers
+
     def _fields(self) -> list[tuple[str, str]]:
         items = self._items
         if items is None:
-            packed = self._packed or b""
+            packed = self._packed
+            assert packed is not None  # compact() keeps one of the two
             items = self._items = [
                 (name, value)
                 for name, _, value in (
-                    line.partition(": ") for line in packed.decode("latin-1").split("\r\n") if line
+                    line.partition(": ") for line in packed.decode("latin-1").split("\r\n")
                 )
             ]
         return items
@@ -101,8 +113,10 @@ class Headers:
     def compact(self) -> None:
         """Keep the fields as one bytes block until they are looked at again."""
         items = self._items
-        if items is not None:
-            self._packed = "".join(f"{n}: {v}\r\n" for n, v in items).encode("latin-1")
+        if items:  # (no fields: the empty list is as small as it gets)
+            # "name: value" lines joined by CRLF (none after the last): a name holds no
+            # colon and a value no CR or LF, so the lines split back exactly.
+            self._packed = "\r\n".join(map(": ".join, items)).encode("latin-1")
             self._items = None
         self._index = None
 
@@ -114,6 +128,14 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in the order received (empty when absent)."""
         return list(self._lookup().get(ascii_lower(name), ()))
+
+    def field_values(self, key: str) -> Sequence[str]:
+        """Every value of the field named ``key``, which must be lowercase ASCII.
+
+        :meth:`get_all` without its case folding and its copy, for the checks a server
+        runs on every handshake: the sequence is the stored one, for reading only.
+        """
+        return self._lookup().get(key, ())
 
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any earlier ones with the same name."""
@@ -200,6 +222,57 @@ class Response:
 
 _T = TypeVar("_T")
 
+#: What :func:`split_head` returns: the start line, the fields, their index by lowercase
+#: name and the offset just past the blank line.
+SplitHead = tuple[bytes, list[tuple[str, str]], dict[str, list[str]], int]
+
+
+def _split_head_py(
+    data: bytes | bytearray, max_line: int, max_headers: int, max_header_bytes: int
+) -> SplitHead | None:
+    """A whole head, split into its start line and fields, when it breaks no rule.
+
+    None unless ``data`` holds a whole head (up to the first blank line) whose start
+    line is not empty, holds no bare LF and is at most ``max_line`` bytes, whose field
+    lines all match :data:`~epws.protocol.headers.FIELD_LINES_BYTES_RE`, are at most
+    ``max_line`` bytes each and at most ``max_headers`` in all, in a section of at most
+    ``max_header_bytes``. The start line itself is left to the caller. The pure-Python
+    twin of the C accelerator's ``split_head`` (see speedups.py), which must return
+    the same for every input.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    first = data.find(b"\r\n")  # the end of the start line
+    if first == 0 or first > max_line:
+        return None
+    block = data[first + 2 : end + 2]  # the field lines, each with its CRLF
+    if (
+        len(block) + 2 > max_header_bytes
+        or FIELD_LINES_BYTES_RE.fullmatch(block) is None
+        or b"\n" in data[:first]  # a bare LF in the start line
+    ):
+        return None
+    lines = bytes(block).decode("latin-1").split("\r\n")
+    lines.pop()  # what follows the last CRLF: nothing
+    if len(lines) > max_headers or (lines and max(map(len, lines)) > max_line):
+        return None
+    items: list[tuple[str, str]] = []
+    index: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        items.append((name, value))
+        values = index.get(key := name.lower())  # the match made names ASCII
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    return bytes(data[:first]), items, index, end + 4
+
+
+split_head = pick("split_head", _split_head_py)
+
 
 def _snippet(data: bytes, limit: int = 60) -> str:
     """A short printable rendering of offending bytes, for error messages."""
@@ -255,13 +328,39 @@ class _HeadParser(Generic[_T]):
         if self._done:
             self._rest += data
             return None
-        self._buf += data
         try:
+            if self._start is None and not self._buf:
+                head = self._parse_whole(data)
+                if head is not None:
+                    return head
+            self._buf += data
             return self._parse()
         except HandshakeError as exc:
             self._error = exc
             self._buf.clear()
             raise
+
+    def _parse_whole(self, data: bytes) -> _T | None:
+        """The fast path: a whole, well-formed head arriving as the first chunk.
+
+        Nearly every head comes in one read and breaks no rule: :func:`split_head`
+        checks all its field lines at once and builds the lookup index on the way,
+        instead of line by line. For anything else (a partial head, any line it refuses,
+        any limit exceeded) this returns None, having consumed nothing, and
+        :meth:`_parse` reads the same bytes and raises the precise error. So the result
+        never differs from the line-by-line parser's (tests/protocol/test_http11.py
+        holds them, and the C and Python split_head, to that).
+        """
+        found = split_head(data, self._max_line, self._max_headers, self._max_header_bytes)
+        if found is None:
+            return None
+        start_line, items, index, end = found
+        # Checked after the fields: the line-by-line parser raises the same error for it.
+        start = self._parse_start(start_line)
+        self._start = start
+        self._done = True
+        self._rest += data[end:]
+        return self._build(start, Headers._parsed(items, index))
 
     def _fail(self, message: str, status: int) -> HandshakeError:
         return HandshakeError(message, 0 if self._client else status)
@@ -314,9 +413,13 @@ class _HeadParser(Generic[_T]):
             if pending > self._max_line + 1:
                 raise self._fail(self._too_long("start line"), self._start_line_too_long)
             return
-        if pending > self._max_line + 1:
-            raise self._fail(self._too_long("header line"), 431)
-        if self._header_bytes + pending > self._max_header_bytes:
+        # Of the two limits a header line is held to, the one its bytes break first
+        # decides: fed byte by byte, that is the one that fires, whatever the split.
+        line_at = self._max_line + 2
+        section_at = self._max_header_bytes - self._header_bytes + 1
+        if pending >= min(line_at, section_at):
+            if line_at <= section_at:
+                raise self._fail(self._too_long("header line"), 431)
             raise self._fail(self._too_big(), 431)
 
     def _too_long(self, what: str) -> str:
