@@ -40,3 +40,22 @@ func TestAppendMaskedFrame(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckSwitch: the connect mode's own handshake accepts a 101 with the accept value
+// of its key (any case of the header name) and nothing else.
+func TestCheckSwitch(t *testing.T) {
+	good := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"sec-websocket-accept: " + connectAccept
+	if err := checkSwitch([]byte(good)); err != nil {
+		t.Fatalf("refused a good 101: %v", err)
+	}
+	for _, bad := range []string{
+		"HTTP/1.1 400 Bad Request\r\nSec-WebSocket-Accept: " + connectAccept,
+		"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x" + connectAccept,
+		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket",
+	} {
+		if err := checkSwitch([]byte(bad)); err == nil {
+			t.Fatalf("accepted %q", bad)
+		}
+	}
+}
