@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 )
 
@@ -56,6 +57,23 @@ func TestCheckSwitch(t *testing.T) {
 	} {
 		if err := checkSwitch([]byte(bad)); err == nil {
 			t.Fatalf("accepted %q", bad)
+		}
+	}
+}
+
+// TestAppendStamped: the echo writer's stamped template is the frame appendMaskedFrame
+// builds for the message carrying that send time, for every frame length class.
+func TestAppendStamped(t *testing.T) {
+	for _, n := range []int{8, 125, 126, 16384, 65536, 70001} {
+		msg := bytes.Repeat([]byte{'e'}, n)
+		template := appendMaskedFrame(nil, 0x2, msg)
+		for _, stamp := range []uint64{0, 1, 0x0123456789abcdef, ^uint64(0)} {
+			binary.LittleEndian.PutUint64(msg, stamp)
+			want := appendMaskedFrame([]byte("prefix"), 0x2, msg)
+			got := appendStamped([]byte("prefix"), template, n, stamp)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("n=%d stamp=%x: stamped frame differs", n, stamp)
+			}
 		}
 	}
 }

@@ -7,6 +7,7 @@ written and so that the parser is not only checked against its own encoder.
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Callable
 
@@ -191,6 +192,39 @@ def test_bytearray_input() -> None:
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=40))
 def test_random_splits(cuts: list[int]) -> None:
     assert norm(feed_chunks(srv(), STREAM, cuts)) == STREAM_EVENTS
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([4095, 4096, 4097, 16384, 70001]), min_size=1, max_size=4),
+    seed=st.integers(0, 2**32),
+    cuts=st.lists(st.integers(min_value=0, max_value=300_000), max_size=8),
+    as_bytearray=st.booleans(),
+)
+def test_large_payloads_unmask_the_same_whole_or_split(
+    sizes: list[int], seed: int, cuts: list[int], as_bytearray: bool
+) -> None:
+    # Large payloads with random content and keys that are not zero (a zero key, or
+    # zero payloads, would hide an unmasking offset error), at odd offsets of the
+    # input, text too: every byte the same, whole or split anywhere.
+    rng = random.Random(seed)
+    payloads = [rng.randbytes(n) for n in sizes]
+    texts = ["é" * (n // 2) for n in sizes]
+    # A short frame in front, so the large ones start at odd offsets of the input.
+    stream = raw(2, b"abc", key=b"\x9d\x01\xfe\x42")
+    for i, (payload, text) in enumerate(zip(payloads, texts, strict=True)):
+        key = bytes(rng.getrandbits(8) | 1 for _ in range(4))
+        stream += raw(2, payload, key=key) + raw(1, text.encode(), key=key)
+        if i % 2:
+            stream += raw(2, payload[:7], key=key)
+    expected: list[object] = [b"abc"]
+    for i, (payload, text) in enumerate(zip(payloads, texts, strict=True)):
+        expected += [payload, text] + ([payload[:7]] if i % 2 else [])
+    data = bytearray(stream) if as_bytearray else stream
+    assert srv(max_size=None).receive_data(data) == expected
+    assert feed_chunks(srv(max_size=None), stream, [c % (len(stream) + 1) for c in cuts]) == (
+        expected
+    )
 
 
 BAD_STREAM = raw(1, b"ok") + raw(1, b"abc" + b"\xc3\x28xyz") + raw(1, b"never")
