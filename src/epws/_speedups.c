@@ -107,6 +107,8 @@ split_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     Py_ssize_t max_line, max_headers, max_header_bytes;
     PyObject *items = NULL, *index = NULL, *result = NULL;
+    char *packed = NULL; /* the fields as "name: value" lines joined by CRLF */
+    Py_ssize_t packed_len = 0;
 
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError,
@@ -134,7 +136,13 @@ split_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     items = PyList_New(0);
     index = PyDict_New();
-    if (items == NULL || index == NULL) {
+    /* Each packed line is at most its wire line plus one byte (": " for ":"), and the
+     * CRLFs between lines are the wire's. */
+    packed = PyMem_Malloc((size_t)(2 * (end - first) + 1));
+    if (items == NULL || index == NULL || packed == NULL) {
+        if (packed == NULL) {
+            PyErr_NoMemory();
+        }
         goto done;
     }
     Py_ssize_t pos = first + 2, count = 0;
@@ -214,18 +222,32 @@ split_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (failed) {
             goto done;
         }
+        if (packed_len) {
+            packed[packed_len++] = '\r';
+            packed[packed_len++] = '\n';
+        }
+        memcpy(packed + packed_len, buf + pos, (size_t)(name_end - pos));
+        packed_len += name_end - pos;
+        packed[packed_len++] = ':';
+        packed[packed_len++] = ' ';
+        memcpy(packed + packed_len, buf + vs, (size_t)(ve - vs));
+        packed_len += ve - vs;
         pos = value_end + 2;
     }
     {
         PyObject *start = PyBytes_FromStringAndSize((const char *)buf, first);
-        if (start != NULL) {
-            result = Py_BuildValue("(NOOn)", start, items, index, end + 4);
+        PyObject *block = PyBytes_FromStringAndSize(packed, packed_len);
+        if (start != NULL && block != NULL) {
+            result = Py_BuildValue("(OOOOn)", start, items, index, block, end + 4);
         }
+        Py_XDECREF(start);
+        Py_XDECREF(block);
     }
     goto done;
 none:
     result = Py_NewRef(Py_None);
 done:
+    PyMem_Free(packed);
     Py_XDECREF(items);
     Py_XDECREF(index);
     PyBuffer_Release(&view);

@@ -134,7 +134,14 @@ class ConnectionClosed(EpwsError):
         self.sent_reason = sent_reason
         self.rcvd_then_sent = rcvd_then_sent
         self.cause = cause
-        super().__init__(self._describe())
+        # No message is made here (see __str__): a server makes one of these for every
+        # connection that ends, and most are never looked at.
+
+    def __str__(self) -> str:
+        return self._describe()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()!r})"
 
     @property
     def code(self) -> int:

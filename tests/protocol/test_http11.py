@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -565,6 +566,7 @@ def test_c_split_head_vectors() -> None:
         b"GET / HTTP/1.1",
         [("Host", "a"), ("X-A", "b c"), ("x-a", ""), ("N", "caf\u00e9")],
         {"host": ["a"], "x-a": ["b c", ""], "n": ["caf\u00e9"]},
+        b"Host: a\r\nX-A: b c\r\nx-a: \r\nN: caf\xe9",
         len(head) - 4,
     )
     assert (
@@ -613,3 +615,29 @@ def test_the_limit_a_header_line_breaks_first_decides_for_every_split() -> None:
         with pytest.raises(HandshakeError) as exc_info:
             feed_chunks(RequestParser(max_line=24, max_header_bytes=2), head, cuts)
         assert "header section larger than 2 bytes" in str(exc_info.value)
+
+
+def test_compact_keeps_the_parsers_block_until_a_change() -> None:
+    # The fast path hands Headers the packed form along with the fields: compact()
+    # keeps it instead of making it again, and any change drops it.
+    request = RequestParser().feed(b"GET / HTTP/1.1\r\nHost:a\r\nX-A:  b \r\n\r\n")
+    assert request is not None
+    headers = request.headers
+    block = headers._packed
+    assert block == b"Host: a\r\nX-A: b"
+    headers.compact()
+    assert headers._items is None and headers._packed is block
+    assert list(headers) == [("Host", "a"), ("X-A", "b")]
+    changes: list[Callable[[], None]] = [
+        lambda: headers.add("Late", "1"),
+        lambda: headers.set("X-A", "c"),
+        lambda: headers.remove("Host"),
+    ]
+    for change in changes:
+        before = list(headers)
+        change()
+        assert headers._packed is None  # dropped by the change
+        after = list(headers)
+        assert after != before
+        headers.compact()
+        assert list(headers) == after  # the block made again holds the change

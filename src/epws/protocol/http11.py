@@ -61,6 +61,15 @@ def is_request_target(resource: str) -> bool:
     return resource.isascii() and _TARGET_BYTES_RE.fullmatch(resource.encode("ascii")) is not None
 
 
+def _pack_fields(items: list[tuple[str, str]]) -> bytes:
+    """The fields as one block: ``name: value`` lines joined by CRLF, none after the last.
+
+    A name holds no colon and a value no CR or LF, so the lines split back exactly
+    (:meth:`Headers.compact` keeps a server's requests this way).
+    """
+    return "\r\n".join(map(": ".join, items)).encode("latin-1")
+
+
 class Headers:
     """HTTP header fields: ordered, repeatable, looked up case-insensitively.
 
@@ -81,12 +90,18 @@ class Headers:
         self._packed: bytes | None = None
 
     @classmethod
-    def _parsed(cls, items: list[tuple[str, str]], index: dict[str, list[str]]) -> Headers:
-        """Headers whose index the parser built along with the fields (no second pass)."""
+    def _parsed(
+        cls, items: list[tuple[str, str]], index: dict[str, list[str]], packed: bytes
+    ) -> Headers:
+        """Headers whose index and packed form the parser made along with the fields.
+
+        While the fields are not changed, :meth:`compact` keeps ``packed`` rather than
+        making it again; every change drops it.
+        """
         headers = cls.__new__(cls)
         headers._items = items
         headers._index = index
-        headers._packed = None
+        headers._packed = packed or None
         return headers
 
     def _fields(self) -> list[tuple[str, str]]:
@@ -114,9 +129,8 @@ class Headers:
         """Keep the fields as one bytes block until they are looked at again."""
         items = self._items
         if items:  # (no fields: the empty list is as small as it gets)
-            # "name: value" lines joined by CRLF (none after the last): a name holds no
-            # colon and a value no CR or LF, so the lines split back exactly.
-            self._packed = "\r\n".join(map(": ".join, items)).encode("latin-1")
+            if self._packed is None:
+                self._packed = _pack_fields(items)
             self._items = None
         self._index = None
 
@@ -140,6 +154,7 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any earlier ones with the same name."""
         self._fields().append((name, value))
+        self._packed = None
         if self._index is not None:
             self._index.setdefault(ascii_lower(name), []).append(value)
 
@@ -160,6 +175,7 @@ class Headers:
             out.append((name, value))
         fields[:] = out
         self._index = None
+        self._packed = None
 
     def remove(self, name: str) -> None:
         """Remove every field named ``name`` (nothing happens when there is none)."""
@@ -167,6 +183,7 @@ class Headers:
         fields = self._fields()
         fields[:] = [field for field in fields if ascii_lower(field[0]) != key]
         self._index = None
+        self._packed = None
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and ascii_lower(name) in self._lookup()
@@ -223,8 +240,8 @@ class Response:
 _T = TypeVar("_T")
 
 #: What :func:`split_head` returns: the start line, the fields, their index by lowercase
-#: name and the offset just past the blank line.
-SplitHead = tuple[bytes, list[tuple[str, str]], dict[str, list[str]], int]
+#: name, their packed form (:func:`_pack_fields`) and the offset just past the blank line.
+SplitHead = tuple[bytes, list[tuple[str, str]], dict[str, list[str]], bytes, int]
 
 
 def _split_head_py(
@@ -268,7 +285,7 @@ def _split_head_py(
             index[key] = [value]
         else:
             values.append(value)
-    return bytes(data[:first]), items, index, end + 4
+    return bytes(data[:first]), items, index, _pack_fields(items), end + 4
 
 
 split_head = pick("split_head", _split_head_py)
@@ -354,13 +371,13 @@ class _HeadParser(Generic[_T]):
         found = split_head(data, self._max_line, self._max_headers, self._max_header_bytes)
         if found is None:
             return None
-        start_line, items, index, end = found
+        start_line, items, index, packed, end = found
         # Checked after the fields: the line-by-line parser raises the same error for it.
         start = self._parse_start(start_line)
         self._start = start
         self._done = True
         self._rest += data[end:]
-        return self._build(start, Headers._parsed(items, index))
+        return self._build(start, Headers._parsed(items, index, packed))
 
     def _fail(self, message: str, status: int) -> HandshakeError:
         return HandshakeError(message, 0 if self._client else status)
