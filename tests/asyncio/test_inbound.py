@@ -270,6 +270,46 @@ async def test_item1_pipelined_upgrade_data_keeps_backpressure() -> None:
             cap.release.set()
 
 
+@pytest.mark.parametrize("hook", ["none", "sync", "async"])
+async def test_frames_behind_the_request_and_during_the_hook_all_arrive(hook: str) -> None:
+    """Reading pauses only while an async hook runs: frames in the request's packet, and
+    (async hook) frames sent while the hook waits, all reach the handler, in order, and
+    reading goes on afterwards."""
+    cap = Capture()
+    asked = asyncio.Event()
+
+    def sync_hook(request: object) -> None:
+        return None
+
+    async def async_hook(request: object) -> None:
+        asked.set()
+        await asyncio.sleep(0.2)
+
+    hooks = {"none": None, "sync": sync_hook, "async": async_hook}
+    async with server_with(cap.handler, process_request=hooks[hook], compression=None) as server:
+        raw = await RawClient.connect(server.port, upgrade=False)
+        try:
+            messages = [bytes([i]) * 100 for i in range(9)]
+            request, _ = request_bytes(server.port)
+            raw.send(request + b"".join(zero_masked(2, m) for m in messages[:3]))
+            if hook == "async":
+                await asyncio.wait_for(asked.wait(), 5)
+                raw.send(b"".join(zero_masked(2, m) for m in messages[3:6]))
+            status, _, _ = await asyncio.wait_for(read_http_head(raw.reader), 5)
+            assert status == 101
+            sconn = await cap.conn
+            if hook != "async":
+                raw.send(b"".join(zero_masked(2, m) for m in messages[3:6]))
+            raw.send(b"".join(zero_masked(2, m) for m in messages[6:]))
+            async with asyncio.timeout(5):
+                got = [await sconn.recv() for _ in messages]
+            assert got == messages
+            assert sconn.transport.is_reading()
+        finally:
+            raw.close()
+            cap.release.set()
+
+
 # ---------------------------------------------------------------- item 2
 
 

@@ -184,7 +184,7 @@ class Upgrader:
 class _HTTPProtocol(asyncio.Protocol):
     """Reads one HTTP request, then answers it or upgrades the connection."""
 
-    __slots__ = ("_parser", "_pending", "_server", "_timer", "_transport")
+    __slots__ = ("_parser", "_paused", "_pending", "_server", "_timer", "_transport")
 
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -198,6 +198,8 @@ class _HTTPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         # The task awaiting an async process_request for this request, if any.
         self._pending: asyncio.Task[None] | None = None
+        # Whether reading is paused: only while an async hook runs (see _call_hook).
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -265,7 +267,6 @@ class _HTTPProtocol(asyncio.Protocol):
         if request is None:
             return
         self._parser = None
-        transport.pause_reading()
         rest = parser.rest
         process = self._server.process_request
         if process is None:
@@ -298,6 +299,12 @@ class _HTTPProtocol(asyncio.Protocol):
             logger.exception("%s failed", name)
             result = HTTPResponse(500, "Internal Server Error\n")
         if inspect.isawaitable(result):
+            # The answer comes later: until the Conn takes over, bytes the client sends
+            # must wait in the kernel, not reach this protocol (which drops them).
+            if not self._paused:
+                self._paused = True
+                assert self._transport is not None
+                self._transport.pause_reading()
             self._pending = asyncio.get_running_loop().create_task(
                 self._finish_async(name, result, then)
             )
@@ -420,9 +427,16 @@ class _HTTPProtocol(asyncio.Protocol):
         conn.connection_made(transport)
         self._transport = None
         server._start_handler(conn)
-        # Reading was paused for the handshake: the Conn's inbound queue takes the bytes
-        # read past the request and resumes reading only if none of its rules holds it.
-        conn._inbound.hand_over(rest)
+        if self._paused:
+            # Reading was paused for an async hook: the Conn's inbound queue takes the
+            # bytes read past the request and resumes reading only if none of its
+            # rules holds it.
+            conn._inbound.hand_over(rest)
+        elif rest:
+            # Answered within the read that completed the request (no async hook):
+            # reading never paused, so the switch costs no pause and resume (two
+            # epoll_ctl calls per connection on asyncio).
+            conn.data_received(rest)
 
 
 def _render_101(response: Response, fields: list[tuple[str, str]]) -> bytes | None:
