@@ -120,7 +120,7 @@ class Server:
             logger.exception("connection handler failed")
             conn.close_nowait(1011, "internal error")
             result = None
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # (callback mode: None)
             task = asyncio.get_running_loop().create_task(self._run_handler(conn, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
