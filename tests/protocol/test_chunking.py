@@ -21,6 +21,7 @@ from epws.protocol import Event, Ping, Pong, Protocol, Side
 from epws.protocol.deflate import DeflateCodec
 from epws.protocol.http11 import RequestParser, ResponseParser
 
+from .samples import head_outcome
 from .test_protocol import norm, raw
 
 
@@ -219,21 +220,8 @@ def heads(draw: st.DrawFn, start: st.SearchStrategy[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def parse(
-    make: type[RequestParser] | type[ResponseParser], pieces: list[bytes]
-) -> tuple[object, ...]:
-    parser = make(max_line=48, max_headers=4, max_header_bytes=120)
-    result = None
-    try:
-        for piece in pieces:
-            got = parser.feed(piece)
-            if got is not None:
-                result = got
-    except HandshakeError as exc:
-        return ("error", exc.status, str(exc))
-    if result is None:
-        return ("incomplete",)
-    return ("head", repr(result), list(result.headers), parser.rest)
+def parse(make: type[RequestParser] | type[ResponseParser], pieces: list[bytes]) -> object:
+    return head_outcome(make(max_line=48, max_headers=4, max_header_bytes=120), pieces)
 
 
 @settings(max_examples=200, deadline=None)

@@ -20,7 +20,7 @@ from epws.protocol.http11 import (
     build_http_response,
 )
 
-from .samples import ACCEPT, FRAMES, KEY, REQUEST_BYTES, RESPONSE_BYTES
+from .samples import ACCEPT, FRAMES, KEY, REQUEST_BYTES, RESPONSE_BYTES, head_outcome
 
 
 def feed_chunks(parser: RequestParser | ResponseParser, data: bytes, cuts: list[int]) -> object:
@@ -467,22 +467,6 @@ _GOOD_LINE = st.tuples(
 _LINE = st.one_of(_GOOD_LINE, _GOOD_LINE, _GOOD_LINE, _ANY_LINE)
 
 
-def _outcome(parser: RequestParser | ResponseParser, chunks: list[bytes]) -> object:
-    try:
-        head = None
-        for chunk in chunks:
-            got = parser.feed(chunk)
-            if got is not None:
-                head = got
-    except HandshakeError as exc:
-        return ("error", exc.status, str(exc))
-    if head is None:
-        return ("incomplete",)
-    names = sorted({name for name, _ in head.headers} | {"host", "HOST", "x-a", "nope"})
-    lookups = [(n, head.headers.get_all(n), n in head.headers) for n in names]
-    return ("head", head, list(head.headers), lookups, parser.rest)
-
-
 @settings(max_examples=500)
 @given(
     start=st.sampled_from(_STARTS[:1] * 3 + _STARTS[4:5] * 2 + _STARTS),
@@ -511,8 +495,8 @@ def test_whole_head_fast_path_agrees_with_line_by_line(
     def parser() -> RequestParser | ResponseParser:
         return make(max_line=max_line, max_headers=max_headers, max_header_bytes=max_header_bytes)
 
-    whole = _outcome(parser(), [data])
-    bytewise = _outcome(parser(), [data[i : i + 1] for i in range(len(data))])
+    whole = head_outcome(parser(), [data])
+    bytewise = head_outcome(parser(), [data[i : i + 1] for i in range(len(data))])
     assert whole == bytewise
 
 
