@@ -365,14 +365,14 @@ class _HTTPProtocol(asyncio.Protocol):
         up = server.upgrader
         hook = server.process_response
         try:
-            key, extensions, protocol, subprotocol = up._negotiate(request)
+            if hook is None:
+                head, protocol, subprotocol = up.negotiate(request)
+            else:
+                key, extensions, protocol, subprotocol = up._negotiate(request)
         except HandshakeError as exc:
             self._refuse(exc, request)
             return
         if hook is None:
-            head = build_response(
-                key, subprotocol=subprotocol, extensions=extensions, extra_headers=up.extra_headers
-            )
             self._switch(request, rest, head, protocol, subprotocol)
             return
         fields = response_fields(
