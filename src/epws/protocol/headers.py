@@ -34,14 +34,17 @@ _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
 TOKEN_RE = re.compile(f"[{_TCHAR}]+")
 #: :data:`TOKEN_RE` for bytes (header names as received).
 TOKEN_BYTES_RE = re.compile(f"[{_TCHAR}]+".encode("ascii"))
-#: RFC 7230 §3.2 ``field-value``: VCHAR, SP, HTAB and obs-text; anything else is a CTL.
-FIELD_VALUE_RE = re.compile("[\t\x20-\x7e\x80-\xff]*")
+# RFC 7230 §3.2 field-value characters: VCHAR, SP, HTAB and obs-text (anything else is
+# a CTL). Text too, for the same reason as _TCHAR.
+_FIELD_CHAR = "\t\x20-\x7e\x80-\xff"
+#: RFC 7230 §3.2 ``field-value`` (VCHAR, SP, HTAB and obs-text), for text.
+FIELD_VALUE_RE = re.compile(f"[{_FIELD_CHAR}]*")
 #: :data:`FIELD_VALUE_RE` for bytes (header values as received).
-FIELD_VALUE_BYTES_RE = re.compile(b"[\t\x20-\x7e\x80-\xff]*")
+FIELD_VALUE_BYTES_RE = re.compile(f"[{_FIELD_CHAR}]*".encode("latin-1"))
 #: A header section of well-formed field lines only, each ``name:value`` CRLF (the name
 #: a token, the value a field-value, whitespace around it included): what nearly every
 #: head is, so the parser checks all its lines with one match (http11.py).
-FIELD_LINES_BYTES_RE = re.compile(f"(?:[{_TCHAR}]+:[\t\x20-\x7e\x80-\xff]*\r\n)*".encode("latin-1"))
+FIELD_LINES_BYTES_RE = re.compile(f"(?:[{_TCHAR}]+:[{_FIELD_CHAR}]*\r\n)*".encode("latin-1"))
 #: Optional whitespace (RFC 7230 §3.2.3), trimmed around list elements.
 OWS = " \t"
 
