@@ -80,11 +80,12 @@ is_value_byte(unsigned char c)
     return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
+/* Where the first CRLF (or, with twice, CRLF CRLF) of buf starts, or -1. */
 static Py_ssize_t
-find_crlf(const unsigned char *buf, Py_ssize_t from, Py_ssize_t n, int twice)
+find_crlf(const unsigned char *buf, Py_ssize_t n, int twice)
 {
     Py_ssize_t need = twice ? 4 : 2;
-    for (Py_ssize_t i = from; i + need <= n; i++) {
+    for (Py_ssize_t i = 0; i + need <= n; i++) {
         const unsigned char *p = memchr(buf + i, '\r', (size_t)(n - i));
         if (p == NULL) {
             return -1;
@@ -126,8 +127,8 @@ split_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     const unsigned char *buf = (const unsigned char *)view.buf;
     Py_ssize_t n = view.len;
-    Py_ssize_t end = find_crlf(buf, 0, n, 1);
-    Py_ssize_t first = end < 0 ? -1 : find_crlf(buf, 0, n, 0);
+    Py_ssize_t end = find_crlf(buf, n, 1);
+    Py_ssize_t first = end < 0 ? -1 : find_crlf(buf, n, 0);
     /* No whole head; an empty or overlong start line; a section over its bound; a bare
      * LF in the start line: the line-by-line parser decides. */
     if (end < 0 || first == 0 || first > max_line || (end + 2 - (first + 2)) + 2 > max_header_bytes
