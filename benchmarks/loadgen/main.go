@@ -336,6 +336,18 @@ func readInto(c *websocket.Conn, buf []byte) ([]byte, []byte, error) {
 	}
 }
 
+// echoReadBuffer is the read buffer of an echo connection: one message and its
+// header, and at least gorilla's default of 4,096 bytes. A smaller one (it was the
+// message plus 64 bytes, 128 for 64-byte messages) made the generator read a
+// server's batch of replies two at a time, a system call per two messages, which no
+// real client does; the raw TCP echo reads with the same size.
+func echoReadBuffer() int {
+	if n := *size + 64; n > 4096 {
+		return n
+	}
+	return 4096
+}
+
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
 // ---- echo
@@ -344,7 +356,7 @@ func runEcho() map[string]any {
 	if *size < 8 {
 		fail("-size must be >= 8")
 	}
-	cs, _, err := dialAll(*conns, *size+64)
+	cs, _, err := dialAll(*conns, echoReadBuffer())
 	if err != nil {
 		closeAll(cs)
 		fail("%v", err)
@@ -572,7 +584,7 @@ func runTCPEcho() map[string]any {
 			}
 		}(c)
 		go func(i int, c net.Conn) { // reader
-			r := bufio.NewReaderSize(c, *size+64)
+			r := bufio.NewReaderSize(c, echoReadBuffer())
 			msg := make([]byte, *size)
 			h := hists[i]
 			for {

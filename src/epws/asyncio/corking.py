@@ -5,13 +5,14 @@ place that knows how many connections have output waiting in this iteration, and
 decides when a connection should not wait for the end of the iteration.
 
 A connection that is **alone** (the only one with corked output in this iteration)
-hands its first :data:`SPLIT` frames on as soon as it has them, then the next
+hands its first frame on as soon as it has it (:data:`SPLIT` frames), then the next
 ``2 * SPLIT``, and so on, doubling. With one busy connection, the peer and this process
 otherwise take turns: the peer sends a window of messages, waits while all the replies
 are made, then gets them in one piece, so one side is always idle. Sending the first
-replies while the rest are being made lets both sides work at once (the echo benchmark
-of one connection: see docs/performance.md), and doubling keeps a long burst to a few
-writes (a burst of ``n`` frames costs about ``log2(n / SPLIT)`` of them). With several
+reply at once lets the peer start while the rest are being made, and a lone request
+gets its answer with no wait for the end of the iteration (the echo benchmark of one
+connection: see docs/performance.md); doubling keeps a long burst to a few writes (a
+burst of ``n`` frames costs about ``log2(n / SPLIT) + 1`` of them). With several
 connections busy, the other connections' peers already overlap with this process's
 work, and one write per connection per iteration (fewer system calls) is the better
 trade: only the first connection of an iteration can be alone, so a busy server pays
@@ -29,8 +30,10 @@ __all__ = ["SPLIT", "Corked", "WriteBatch", "batch_for"]
 
 logger = logging.getLogger("epws")
 
-#: Frames a connection alone in its loop iteration corks before its first write.
-SPLIT = 4
+#: Frames a connection alone in its loop iteration corks before its first write: 1,
+#: the first reply leaves at once (4 cost a lone request its answer until the end of
+#: the iteration, and the one-connection echo about a fifth: docs/performance.md).
+SPLIT = 1
 
 
 class Corked(Protocol):
