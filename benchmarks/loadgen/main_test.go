@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
+	"net"
 	"testing"
 )
 
@@ -75,5 +77,124 @@ func TestAppendStamped(t *testing.T) {
 				t.Fatalf("n=%d stamp=%x: stamped frame differs", n, stamp)
 			}
 		}
+	}
+}
+
+// TestParseTS: the send time putLine writes comes back, and a line whose time field
+// is not lowercase hex gives -1.
+func TestParseTS(t *testing.T) {
+	line := bytes.Repeat([]byte{'x'}, 64)
+	for _, ts := range []int64{0, 1, 15, 16, 0x0123456789abcdef, 1<<63 - 1} {
+		putLine(line, 7, 42, ts)
+		if got := parseTS(line); got != ts {
+			t.Fatalf("ts %x came back as %x", ts, got)
+		}
+		if s, q := parseSenderSeq(line); s != 7 || q != 42 {
+			t.Fatalf("sender/seq %d/%d", s, q)
+		}
+	}
+	for _, bad := range []byte{'A', 'g', ' ', 0, 0xff, '/', ':', '`'} {
+		putLine(line, 1, 1, 0x1234)
+		line[20] = bad
+		if got := parseTS(line); got != -1 {
+			t.Fatalf("byte %q: got %x, want -1", bad, got)
+		}
+	}
+}
+
+// serverFrame is one unmasked frame as a server sends it.
+func serverFrame(fin bool, opcode byte, payload []byte) []byte {
+	b0 := opcode
+	if fin {
+		b0 |= 0x80
+	}
+	n := len(payload)
+	b := []byte{b0}
+	switch {
+	case n < 126:
+		b = append(b, byte(n))
+	case n < 65536:
+		b = append(b, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(b, payload...)
+}
+
+// TestRawConnNext: the chat receivers' frame reader, fed by a real loopback socket
+// through a 16-byte buffer (so it compacts and grows), in pieces of every size from
+// one byte up: every length class, a fragmented message, a ping (answered with a
+// masked pong carrying its payload), a pong (skipped), then a close.
+func TestRawConnNext(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789"), 7001) // 70,010 bytes: 64-bit length
+	mid := bytes.Repeat([]byte{'m'}, 300)           // 16-bit length
+	var stream []byte
+	stream = append(stream, serverFrame(true, 0x1, []byte("hello"))...)
+	stream = append(stream, serverFrame(true, 0x9, []byte("pingdata"))...)
+	stream = append(stream, serverFrame(true, 0x2, mid)...)
+	stream = append(stream, serverFrame(false, 0x1, []byte("frag-"))...)
+	stream = append(stream, serverFrame(true, 0xA, []byte("pong"))...) // between fragments
+	stream = append(stream, serverFrame(false, 0x0, []byte("ment-"))...)
+	stream = append(stream, serverFrame(true, 0x0, []byte("ed"))...)
+	stream = append(stream, serverFrame(true, 0x1, big)...)
+	stream = append(stream, serverFrame(true, 0x1, nil)...)
+	stream = append(stream, serverFrame(true, 0x8, []byte{3, 232})...)
+	want := [][]byte{[]byte("hello"), mid, []byte("frag-ment-ed"), big, {}}
+
+	for _, piece := range []int{1, 3, 7, 64, 100000} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pong := make(chan []byte, 1)
+		go func() {
+			s, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			for i := 0; i < len(stream); i += piece {
+				j := i + piece
+				if j > len(stream) {
+					j = len(stream)
+				}
+				if _, err := s.Write(stream[i:j]); err != nil {
+					return
+				}
+			}
+			got := make([]byte, 2+4+8)
+			_, _ = io.ReadFull(s, got)
+			pong <- got
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := &rawConn{tc: c.(*net.TCPConn), buf: make([]byte, 16)}
+		for k, w := range want {
+			got, err := rc.next()
+			if err != nil {
+				t.Fatalf("piece %d, message %d: %v", piece, k, err)
+			}
+			if !bytes.Equal(got, w) {
+				t.Fatalf("piece %d, message %d: %d bytes, want %d", piece, k, len(got), len(w))
+			}
+		}
+		if _, err := rc.next(); err != errClosed {
+			t.Fatalf("piece %d: after the close frame got %v", piece, err)
+		}
+		p := <-pong
+		if p[0] != 0x8A || p[1] != 0x80|8 {
+			t.Fatalf("pong header %x", p[:2])
+		}
+		for i := range p[6:] {
+			p[6+i] ^= p[2+i&3]
+		}
+		if string(p[6:]) != "pingdata" {
+			t.Fatalf("pong payload %q", p[6:])
+		}
+		hardCloseTCP(rc.tc)
+		ln.Close()
 	}
 }
