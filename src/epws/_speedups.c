@@ -2,7 +2,8 @@
  * whole HTTP head into its fields (the server's opening handshake).
  *
  * Each function has a pure-Python twin that tests hold it to on the same inputs:
- * epws.protocol.frames._apply_mask_py and epws.protocol.http11._split_head_py.
+ * epws.protocol.frames._apply_mask_py and _unmask_at_py, and
+ * epws.protocol.http11._split_head_py.
  * Built by the normal install when a compiler is present; when it is absent (or
  * EPWS_BUILD_EXTENSION=no) the library falls back silently.
  */
@@ -10,6 +11,28 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+
+/* dst[i] = src[i] ^ key[i % 4] for i < n. */
+static void
+xor_mask(unsigned char *dst, const unsigned char *src, Py_ssize_t n, const unsigned char *key)
+{
+    Py_ssize_t i = 0;
+    uint64_t key64;
+    unsigned char k8[8];
+    memcpy(k8, key, 4);
+    memcpy(k8 + 4, key, 4);
+    memcpy(&key64, k8, 8);
+    /* Eight bytes at a time; memcpy keeps unaligned access well-defined. */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= key64;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < n; i++) {
+        dst[i] = src[i] ^ key[i & 3];
+    }
+}
 
 static PyObject *
 apply_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -33,32 +56,52 @@ apply_mask(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     result = PyBytes_FromStringAndSize(NULL, data.len);
-    if (result == NULL) {
-        goto done;
-    }
-    {
-        const unsigned char *src = (const unsigned char *)data.buf;
-        const unsigned char *key = (const unsigned char *)mask.buf;
-        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(result);
-        Py_ssize_t n = data.len, i = 0;
-        uint64_t key64;
-        unsigned char k8[8];
-        memcpy(k8, key, 4);
-        memcpy(k8 + 4, key, 4);
-        memcpy(&key64, k8, 8);
-        /* Eight bytes at a time; memcpy keeps unaligned access well-defined. */
-        for (; i + 8 <= n; i += 8) {
-            uint64_t w;
-            memcpy(&w, src + i, 8);
-            w ^= key64;
-            memcpy(dst + i, &w, 8);
-        }
-        for (; i < n; i++) {
-            dst[i] = src[i] ^ key[i & 3];
-        }
+    if (result != NULL) {
+        xor_mask((unsigned char *)PyBytes_AS_STRING(result), (const unsigned char *)data.buf,
+                 data.len, (const unsigned char *)mask.buf);
     }
 done:
     PyBuffer_Release(&mask);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* The payload data[start:end] of a masked frame, unmasked with the key in the four
+ * bytes in front of it, read where it lies: apply_mask(data[start:end], ...) would
+ * first copy the payload into a slice (a copy per message, of up to the whole frame). */
+static PyObject *
+unmask_at(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data;
+    Py_ssize_t start, end;
+    PyObject *result = NULL;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "unmask_at(data, start, end) takes 3 arguments");
+        return NULL;
+    }
+    start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start < 4 || end < start || end > data.len) {
+        PyErr_SetString(PyExc_ValueError, "unmask_at needs 4 <= start <= end <= len(data)");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, end - start);
+    if (result != NULL) {
+        const unsigned char *buf = (const unsigned char *)data.buf;
+        xor_mask((unsigned char *)PyBytes_AS_STRING(result), buf + start, end - start,
+                 buf + start - 4);
+    }
+done:
     PyBuffer_Release(&data);
     return result;
 }
@@ -259,6 +302,9 @@ static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask($module, data, mask, /)\n--\n\n"
      "XOR ``data`` with the 4-byte ``mask`` repeated (RFC 6455 section 5.3)."},
+    {"unmask_at", (PyCFunction)(void (*)(void))unmask_at, METH_FASTCALL,
+     "unmask_at($module, data, start, end, /)\n--\n\n"
+     "``data[start:end]`` unmasked with the key ``data[start - 4:start]``."},
     {"split_head", (PyCFunction)(void (*)(void))split_head, METH_FASTCALL,
      "split_head($module, data, max_line, max_headers, max_header_bytes, /)\n--\n\n"
      "A whole, well-formed HTTP head split into its fields, or None (see http11.py)."},

@@ -238,6 +238,43 @@ def test_apply_mask_matches_reference(impl: MaskFn) -> None:
     assert impl(memoryview(data)[5:90], base_key) == ref_mask(data[5:90], base_key)
 
 
+UnmaskFn = Callable[[bytes | bytearray, int, int], bytes]
+
+
+def _unmask_impls() -> list[UnmaskFn]:
+    impls: list[UnmaskFn] = [frames.unmask_at]
+    if frames._unmask_at_py is not frames.unmask_at:
+        impls.append(frames._unmask_at_py)
+    return impls
+
+
+@pytest.mark.parametrize(
+    "impl", _unmask_impls(), ids=lambda f: f"{getattr(f, '__module__', '?')}.{f.__name__}"
+)
+def test_unmask_at_reads_the_payload_and_its_key_where_they_lie(impl: UnmaskFn) -> None:
+    rng = random.Random(7692)
+    data = bytes(rng.randrange(256) for _ in range(600))
+    for start in (4, 5, 6, 7, 8, 13, 100):
+        key = data[start - 4 : start]
+        for end in range(start, min(len(data), start + 70)):
+            expected = ref_mask(data[start:end], key)
+            assert impl(data, start, end) == expected, (start, end)
+            assert impl(bytearray(data), start, end) == expected, (start, end)
+    assert impl(data, 4, len(data)) == ref_mask(data[4:], data[:4])
+    assert type(impl(bytearray(data), 10, 20)) is bytes
+
+
+@pytest.mark.parametrize(
+    "impl", _unmask_impls(), ids=lambda f: f"{getattr(f, '__module__', '?')}.{f.__name__}"
+)
+@pytest.mark.parametrize("start, end", [(3, 10), (0, 0), (10, 9), (10, 65), (-1, 5)])
+def test_unmask_at_refuses_a_range_without_its_key_or_past_the_end(
+    impl: UnmaskFn, start: int, end: int
+) -> None:
+    with pytest.raises(ValueError, match="4 <= start <= end"):
+        impl(bytes(64), start, end)
+
+
 def test_apply_mask_is_an_involution() -> None:
     data = os.urandom(3000)
     key = os.urandom(4)

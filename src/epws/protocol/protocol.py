@@ -47,6 +47,7 @@ from .frames import (
     encode_close_payload,
     encode_frame,
     parse_close_payload,
+    unmask_at,
 )
 
 __all__ = ["PONG_BACKLOG", "Protocol", "Side", "State", "wire_allowance"]
@@ -374,10 +375,7 @@ class Protocol:
                     start = pos + hlen
                     if end - start >= length:
                         pos = start + length
-                        if masked:
-                            payload = apply_mask(buf[start:pos], buf[start - 4 : start])
-                        else:
-                            payload = bytes(buf[start:pos])
+                        payload = unmask_at(buf, start, pos) if masked else bytes(buf[start:pos])
                         if opcode == _TEXT:
                             try:
                                 events.append(payload.decode())
