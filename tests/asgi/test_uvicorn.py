@@ -25,6 +25,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 
 import epws
 from epws.asgi import WebSocketProtocol
+from epws.asyncio.corking import SPLIT
 from epws.asyncio.keepalive import KEEPALIVE_PAYLOAD
 from tests.asyncio.wsraw import close_frame, frame, read_http_head, request_bytes
 
@@ -558,9 +559,13 @@ async def test_frames_of_one_app_step_leave_in_a_few_writes() -> None:
     task leave in a few writes, not in a system call each. Each write was a system call
     and usually a TCP segment of its own: that cost epws.asgi its lead on echo of
     queued messages and on a broadcast of queued lines. The connection is the only one
-    writing, so its first frames leave early in groups that double (4, 8, 16, 32:
+    writing, so its first frames leave early in groups that double (SPLIT, 2 SPLIT, ...:
     corking.py), the rest when the app waits in receive(): held frames never wait for
     more than the step."""
+    groups, early, size = 0, 0, SPLIT
+    while early + size <= 100:
+        groups, early, size = groups + 1, early + size, size * 2
+    assert 0 < early < 100, "the test needs early groups and a rest"
     app, seen = raw_app()
     async with running(app, "epws") as run:
 
@@ -576,10 +581,10 @@ async def test_frames_of_one_app_step_leave_in_a_few_writes() -> None:
             await conn.send("all")
             assert await conn.recv() == "got all"
     before, after_step, after_answer = seen.probed
-    # The four early groups (60 frames) during the step, a segment each: 100 frames in
-    # a system call each would have been 100 segments.
-    assert after_step - before == 4
-    # The other 40 in one write once the app waits, plus at most the ACK of the answer.
+    # The early groups (with SPLIT 1: six, 63 frames) during the step, a segment each:
+    # 100 frames in a system call each would have been 100 segments.
+    assert after_step - before == groups
+    # The rest in one write once the app waits, plus at most the ACK of the answer.
     assert after_answer - after_step <= 2
 
 

@@ -8,6 +8,7 @@ read, never answer a close). Every wait is bounded by ``asyncio.timeout``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 import traceback
@@ -974,3 +975,84 @@ async def test_abort_resets_and_leaves_no_send_queue_behind() -> None:
         finally:
             raw.close()
             cap.release.set()
+
+
+# ------------------------------------------------------------ freed when done
+
+
+def _conns_in_memory() -> int:
+    """Conn objects the collector tracks: live ones and, with it off, cyclic garbage."""
+    return sum(1 for o in gc.get_objects() if type(o) is epws.Conn)
+
+
+@pytest.mark.parametrize("mode", ["callback", "reader"])
+@pytest.mark.parametrize("ending", ["close", "reset"])
+async def test_a_finished_connection_is_freed_without_the_cyclic_collector(
+    mode: str, ending: str
+) -> None:
+    """No reference cycle keeps a connection: once TCP is gone and nothing refers to it,
+    reference counting frees it, and its buffers with it. With the collector off, a
+    cycle would keep every one of them (the queue's back-reference once did, and the
+    callback mode's usual ``conn.on_message = conn.send_nowait`` does until TCP goes)."""
+    made = 0
+
+    async def reader(conn: epws.Conn) -> None:
+        nonlocal made
+        made += 1
+        async for message in conn:
+            await conn.send(message)
+
+    def callback(conn: epws.Conn) -> None:
+        nonlocal made
+        made += 1
+        conn.on_message = conn.send_nowait
+
+    server = await epws.serve(callback if mode == "callback" else reader, "127.0.0.1", 0)
+    gc.collect()
+    before = _conns_in_memory()
+    gc.disable()
+    try:
+        for _ in range(20):
+            client = await RawClient.connect(server.port)
+            client.send(frame(2, b"ping me"))
+            assert await client.read_frame() == (2, True, b"ping me")
+            if ending == "close":
+                client.send(close_frame(1000))
+                assert (await client.read_close())[0] == 1000
+                assert await client.at_eof()
+            client.close()
+        async with asyncio.timeout(5):
+            while server.connections:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the handler tasks end, the loop drops its callbacks
+        kept = _conns_in_memory() - before
+        assert made == 20 and kept == 0, f"{kept} of {made} connections kept"
+    finally:
+        gc.enable()
+        await server.close()
+
+
+async def test_a_client_connection_is_freed_without_the_cyclic_collector() -> None:
+    async def echo(conn: epws.Conn) -> None:
+        async for message in conn:
+            await conn.send(message)
+
+    server = await epws.serve(echo, "127.0.0.1", 0)
+    gc.collect()
+    before = _conns_in_memory()
+    gc.disable()
+    try:
+        for _ in range(10):
+            async with epws.connect(f"ws://127.0.0.1:{server.port}/") as client:
+                await client.send("hello")
+                assert await client.recv() == "hello"
+            del client
+        async with asyncio.timeout(5):
+            while server.connections:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        kept = _conns_in_memory() - before
+        assert kept == 0, f"{kept} of 20 connections (10 each side) kept"
+    finally:
+        gc.enable()
+        await server.close()

@@ -419,7 +419,7 @@ class WebSocketProtocol(asyncio.Protocol):
             # Reading was paused on the early bytes: the Conn parses them under its
             # own rules and resumes reading only if none of them holds it.
             self._early = None
-            conn._inbound.hand_over(bytes(early))
+            conn._inbound.hand_over(conn, bytes(early))
         waiter = self._lost_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)  # a receive() waiting before the accept reads on

@@ -97,7 +97,7 @@ class _ConnBase(asyncio.Protocol):
         self.pong_handler: Callable[[bytes], object] | None = None
         self._on_message: Callable[[str | bytes], object] | None = None
         self.on_close: Callable[[ConnectionClosed], object] | None = None
-        self._inbound = Inbound(self, max_queue)
+        self._inbound = Inbound(max_queue)
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._writer_task: asyncio.Task[Any] | None = None

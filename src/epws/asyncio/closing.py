@@ -98,7 +98,7 @@ class _ConnClosing(_ConnBase):
                 self._close_timer.cancel()
                 self._close_timer = None
         inbound = self._inbound
-        inbound.close()
+        inbound.close(self)
         transport = self.transport
         if transport.is_closing():
             return
@@ -228,7 +228,7 @@ class _ConnClosing(_ConnBase):
             self._finish_closing(failed=type(ev) is Failure)
             return
         # Nothing after it is parsed: read on, to see EOF.
-        inbound.close()
+        inbound.close(self)
         waiting = len(inbound)
         inbound.queue().append(ev)
         if not waiting:

@@ -96,6 +96,9 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
         :func:`~epws.connect` returned, say) are handed to it at once, from the
         assignment itself and in order, before any message that comes later; set
         :attr:`~epws.Conn.on_close` first if the callback may close. None goes back to reading.
+        Once TCP is gone and every message received has been handed on, it is reset
+        to None (as :attr:`~epws.Conn.on_close` is after its call): a callback that
+        refers to the connection must not keep it alive.
         """
         return self._on_message
 
@@ -129,7 +132,7 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
         if inbound.held:
             self._parse_held()  # in callback mode: pumps, then resumes reading
         else:
-            inbound.resume(FULL)
+            inbound.resume(self, FULL)
 
     @property
     def side(self) -> Side:
@@ -195,7 +198,7 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
             # A flood (pings and pongs cost no queue room; callback mode hands every
             # message on at once): the other connections get their turn before this
             # one is read again (see messages.py, YIELD).
-            inbound.yield_once()
+            inbound.yield_once(self)
 
     def _receive(self, room: int | None) -> int:
         """Parse input the protocol holds, up to ``room`` messages, and hand it on;
@@ -227,7 +230,7 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
             return
         self._receive(inbound.room())
         if not inbound.held:
-            inbound.resume(FULL)
+            inbound.resume(self, FULL)
 
     def _pump(self) -> int:
         """Callback mode: parse held input batch by batch until none is left; return
@@ -242,13 +245,13 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
         n = 0
         while protocol.input_buffered:
             if inbound.paused & WRITING:
-                inbound.hold()
+                inbound.hold(self)
                 return n
             before = protocol.input_buffered
             n += self._receive(inbound.high)
             if protocol.input_buffered == before:
                 break  # an unfinished frame: it waits for more input
-        inbound.resume(FULL)
+        inbound.resume(self, FULL)
         return n
 
     def _dispatch(self, events: list[Any]) -> None:
@@ -283,7 +286,7 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
                 self._on_pong(ev.payload)
             else:
                 self._peer_closing(ev)
-        inbound.filled()
+        inbound.filled(self)
 
     def eof_received(self) -> bool | None:
         self._protocol.receive_eof()
@@ -332,6 +335,11 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
                 on_close(err)
             except Exception:
                 logger.exception("on_close callback failed")
+        if self._on_message is not None and not self._inbound.held:
+            # Nothing can reach it any more. Dropped like on_close, because the usual
+            # callback (conn.send_nowait, or a closure over conn) makes the connection
+            # a reference cycle that only the cyclic collector would free.
+            self._on_message = None
 
     # ------------------------------------------------------------ reading
 
@@ -354,11 +362,11 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
         while True:
             if inbound.timed_out:
                 raise TimeoutError("read deadline exceeded")
-            ev = inbound.next()
+            ev = inbound.next(self)
             if ev is None:
                 if self._error is not None:
                     raise self._closed_exc()
-                await inbound.wait()
+                await inbound.wait(self)
                 continue
             kind = type(ev)
             if kind is str or kind is bytes:
@@ -369,7 +377,7 @@ class Conn(_ConnWriting, _ConnClosing, _ConnPings):
                 self._act_on(queued_close)
             if self._error is None and not self._closed:
                 # Close answered: wait for TCP to go, then report the close.
-                await inbound.wait(self._lost_future())
+                await inbound.wait(self, self._lost_future())
             raise self._closed_exc()
 
     def __aiter__(self) -> AsyncIterator[str | bytes]:

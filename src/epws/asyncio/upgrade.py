@@ -431,7 +431,7 @@ class _HTTPProtocol(asyncio.Protocol):
             # Reading was paused for an async hook: the Conn's inbound queue takes the
             # bytes read past the request and resumes reading only if none of its
             # rules holds it.
-            conn._inbound.hand_over(rest)
+            conn._inbound.hand_over(conn, rest)
         elif rest:
             # Answered within the read that completed the request (no async hook):
             # reading never paused, so the switch costs no pause and resume (two

@@ -175,7 +175,7 @@ class _ConnWriting(_ConnBase):
         if waiters is None:
             waiters = self._drain_waiters = []
             # A task now waits to write: reading goes on (see messages.py, WRITING).
-            self._inbound.resume(WRITING)
+            self._inbound.resume(self, WRITING)
         waiters.append(waiter)
         deadline = self._write_deadline
         if deadline is None:
@@ -248,12 +248,12 @@ class _ConnWriting(_ConnBase):
         if not self._drain_waiters:
             # Nobody waits to write, so nothing slows the input that costs output
             # (pongs; echoes in callback mode): stop taking input (see messages.py).
-            self._inbound.pause(WRITING)
+            self._inbound.pause(self, WRITING)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         inbound = self._inbound
-        inbound.resume(WRITING)
+        inbound.resume(self, WRITING)
         if inbound.held and self._on_message is not None:
             # Callback mode stopped parsing under the pressure: go on (reading stays
             # paused, FULL, until nothing is held).
