@@ -17,7 +17,7 @@ import atheris
 from layout import CUTS, CUTS_SIZE, Head
 
 with atheris.instrument_imports():
-    from epws.protocol import Close, Failure, Ping, Pong, Protocol, Side
+    from epws.protocol import Close, Failure, Ping, Pong, Protocol, Side, frames
     from epws.protocol.deflate import DeflateCodec
 
 _CODES = {1002, 1007, 1009}
@@ -98,6 +98,14 @@ def TestOneInput(data: bytes) -> None:
             break
         got += events
     assert _norm(got) == _norm(expected), (_norm(got), _norm(expected))
+
+    # The C accelerator's unmask_at (the parser's, above) against its Python twin, on
+    # ranges of these bytes that the cuts pick.
+    if frames.SPEEDUPS and len(wire) >= 4:
+        for a, b in zip([4, *cuts], [*cuts, len(wire)], strict=True):
+            start = max(4, min(a, len(wire)))
+            end = max(start, min(b, len(wire)))
+            assert frames.unmask_at(wire, start, end) == frames._unmask_at_py(wire, start, end)
 
 
 def main() -> None:
