@@ -9,7 +9,8 @@
 //	tcpecho: the same over raw TCP (-url tcp://127.0.0.1:PORT): fixed-size messages,
 //	         no WebSocket framing; the baseline of the echo rows.
 //	chat:    R receivers and S senders on a broadcast server; delivered lines/s,
-//	         delivery latency, lost lines and receivers the server closed.
+//	         delivery latency, lost lines and receivers the server closed (WebSocket
+//	         spoken here, not by gorilla: see rawConn).
 //	idle:    open N connections, report, hold them until a line on stdin.
 //	connect: W workers that open a connection, finish the handshake and drop it (the
 //	         handshake spoken here, not by gorilla's Dialer: see runConnect).
@@ -264,10 +265,9 @@ func dialer(bufSize int) *websocket.Dialer {
 	}
 }
 
-// dialAll opens n connections with at most dialConc handshakes at a time.
-func dialAll(n, bufSize int) ([]*websocket.Conn, int, error) {
-	d := dialer(bufSize)
-	out := make([]*websocket.Conn, n)
+// dialEach runs dial(i) for i in [0, n) with at most dialConc at a time and returns
+// how many failed, with the first failure's error.
+func dialEach(n int, dial func(i int) error) (int, error) {
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	sem := make(chan struct{}, *dialConc)
@@ -278,21 +278,30 @@ func dialAll(n, bufSize int) ([]*websocket.Conn, int, error) {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, _, err := d.Dial(*url, nil)
-			if err != nil {
+			if err := dial(i); err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
-				return
 			}
-			out[i] = c
 		}(i)
 	}
 	wg.Wait()
 	if f := failed.Load(); f > 0 {
 		msg, _ := firstErr.Load().(string)
-		return out, int(f), fmt.Errorf("%d of %d dials failed, first: %s", f, n, msg)
+		return int(f), fmt.Errorf("%d of %d dials failed, first: %s", f, n, msg)
 	}
-	return out, 0, nil
+	return 0, nil
+}
+
+// dialAll opens n connections with at most dialConc handshakes at a time.
+func dialAll(n, bufSize int) ([]*websocket.Conn, int, error) {
+	d := dialer(bufSize)
+	out := make([]*websocket.Conn, n)
+	failed, err := dialEach(n, func(i int) error {
+		c, _, err := d.Dial(*url, nil)
+		out[i] = c
+		return err
+	})
+	return out, failed, err
 }
 
 func hardClose(c *websocket.Conn) {
@@ -953,38 +962,20 @@ type rawConn struct {
 func dialRaw(n, bufSize int) ([]*rawConn, error) {
 	hostport, request := upgradeRequest()
 	out := make([]*rawConn, n)
-	var failed atomic.Int64
-	var firstErr atomic.Value
-	sem := make(chan struct{}, *dialConc)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			buf := make([]byte, bufSize)
-			tc, left, err := handshakeOnly(hostport, request, buf)
-			if err == nil {
-				err = tc.SetDeadline(time.Time{})
-				if err != nil {
-					hardCloseTCP(tc)
-				}
-			}
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-				return
-			}
-			out[i] = &rawConn{tc: tc, buf: buf, w: left}
-		}(i)
-	}
-	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		msg, _ := firstErr.Load().(string)
-		return out, fmt.Errorf("%d of %d dials failed, first: %s", f, n, msg)
-	}
-	return out, nil
+	_, err := dialEach(n, func(i int) error {
+		buf := make([]byte, bufSize)
+		tc, left, err := handshakeOnly(hostport, request, buf)
+		if err != nil {
+			return err
+		}
+		if err := tc.SetDeadline(time.Time{}); err != nil {
+			hardCloseTCP(tc)
+			return err
+		}
+		out[i] = &rawConn{tc: tc, buf: buf, w: left}
+		return nil
+	})
+	return out, err
 }
 
 func closeRawConns(cs []*rawConn) {
