@@ -11,6 +11,7 @@ import random
 import struct
 import types
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -210,19 +211,19 @@ def test_opcode_and_close_code_values() -> None:
 
 
 MaskFn = Callable[[bytes | bytearray | memoryview, bytes], bytes]
+_F = TypeVar("_F")
 
 
-def _mask_impls() -> list[MaskFn]:
-    impls: list[MaskFn] = [apply_mask]
-    py = getattr(frames, "_apply_mask_py", None)
-    if py is not None and py is not apply_mask:
-        impls.append(py)
-    return impls
+def _with_twin(used: _F, twin: _F) -> list[_F]:
+    """The function in use and, when the C accelerator replaced it, its Python twin."""
+    return [used] if used is twin else [used, twin]
 
 
-@pytest.mark.parametrize(
-    "impl", _mask_impls(), ids=lambda f: f"{getattr(f, '__module__', '?')}.{f.__name__}"
-)
+def _impl_id(f: object) -> str:
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__name__', '?')}"
+
+
+@pytest.mark.parametrize("impl", _with_twin(apply_mask, frames._apply_mask_py), ids=_impl_id)
 def test_apply_mask_matches_reference(impl: MaskFn) -> None:
     rng = random.Random(6455)
     base_key = bytes(rng.randrange(256) for _ in range(4))
@@ -241,16 +242,10 @@ def test_apply_mask_matches_reference(impl: MaskFn) -> None:
 UnmaskFn = Callable[[bytes | bytearray, int, int], bytes]
 
 
-def _unmask_impls() -> list[UnmaskFn]:
-    impls: list[UnmaskFn] = [frames.unmask_at]
-    if frames._unmask_at_py is not frames.unmask_at:
-        impls.append(frames._unmask_at_py)
-    return impls
+_UNMASKERS: list[UnmaskFn] = _with_twin(frames.unmask_at, frames._unmask_at_py)
 
 
-@pytest.mark.parametrize(
-    "impl", _unmask_impls(), ids=lambda f: f"{getattr(f, '__module__', '?')}.{f.__name__}"
-)
+@pytest.mark.parametrize("impl", _UNMASKERS, ids=_impl_id)
 def test_unmask_at_reads_the_payload_and_its_key_where_they_lie(impl: UnmaskFn) -> None:
     rng = random.Random(7692)
     data = bytes(rng.randrange(256) for _ in range(600))
@@ -264,9 +259,7 @@ def test_unmask_at_reads_the_payload_and_its_key_where_they_lie(impl: UnmaskFn) 
     assert type(impl(bytearray(data), 10, 20)) is bytes
 
 
-@pytest.mark.parametrize(
-    "impl", _unmask_impls(), ids=lambda f: f"{getattr(f, '__module__', '?')}.{f.__name__}"
-)
+@pytest.mark.parametrize("impl", _UNMASKERS, ids=_impl_id)
 @pytest.mark.parametrize("start, end", [(3, 10), (0, 0), (10, 9), (10, 65), (-1, 5)])
 def test_unmask_at_refuses_a_range_without_its_key_or_past_the_end(
     impl: UnmaskFn, start: int, end: int
