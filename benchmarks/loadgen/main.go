@@ -1052,7 +1052,7 @@ func (c *rawConn) next() ([]byte, error) {
 				}
 				continue
 			}
-			if need := hdr + int(n); need > len(c.buf) {
+			if need := hdr + int(n); len(b) >= hdr && need > len(c.buf) {
 				nb := make([]byte, need)
 				c.w = copy(nb, b)
 				c.r, c.buf = 0, nb
