@@ -40,23 +40,20 @@ def v1(chat: Chat, **query: str) -> Any:
 
 async def json_lines(conn: epws.Conn, count: int) -> list[Line]:
     """The next ``count`` JSON lines (across however many messages carry them)."""
-    out: list[Line] = []
-    async with asyncio.timeout(5):
-        while len(out) < count:
-            data = await conn.recv()
-            assert isinstance(data, str)
-            out.extend(json.loads(line) for line in data.split("\n"))
-    assert len(out) == count, out
-    return out
+    return [json.loads(line) for line in await plain_lines(conn, count)]
 
 
 async def plain_lines(conn: epws.Conn, count: int) -> list[str]:
+    """The next ``count`` lines; past 5 s, a failure that shows those that came."""
     out: list[str] = []
-    async with asyncio.timeout(5):
-        while len(out) < count:
-            data = await conn.recv()
-            assert isinstance(data, str)
-            out.extend(data.split("\n"))
+    try:
+        async with asyncio.timeout(5):
+            while len(out) < count:
+                data = await conn.recv()
+                assert isinstance(data, str)
+                out.extend(data.split("\n"))
+    except TimeoutError:
+        raise AssertionError(f"{count} lines wanted, 5 s later only {out}") from None
     assert len(out) == count, out
     return out
 

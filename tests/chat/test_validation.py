@@ -135,6 +135,28 @@ async def test_a_new_broker_is_a_new_history_and_says_so(start) -> None:
     assert got[2]["type"] == "error" and got[2]["missed"] is True
 
 
+async def test_no_id_of_an_earlier_broker_names_a_message_of_a_later_one() -> None:
+    # A restart within one millisecond: before the fix the new broker's first id was
+    # the old one's last (both "<ms>-0"), a resume from it was taken for whole and
+    # the message said since was silently skipped (a tight loop hits that every time).
+    ids: list[str] = []
+    for _ in range(300):
+        ids.clear()
+        old = MemoryBroker()
+        await old.start(lambda message: ids.append(message.id))
+        old.publish("main", "", "before the restart", print)
+        new = MemoryBroker()
+        await new.start(lambda message: ids.append(message.id))
+        new.publish("main", "", "after the restart", print)
+        assert message_id_key(ids[1]) > message_id_key(ids[0]), ids
+        page = await new.page("main", after=ids[0], limit=10)
+        assert [m.text for m in page.messages] == ["after the restart"]
+        assert not page.complete
+        # A room the new broker has never heard of, with nothing said at all: whole.
+        fresh = MemoryBroker()
+        assert (await fresh.page("main", after=ids[0], limit=10)).complete
+
+
 async def test_the_history_of_abandoned_rooms_is_bounded() -> None:
     broker = MemoryBroker(history=5, max_rooms=50)
     await broker.start(lambda message: None)

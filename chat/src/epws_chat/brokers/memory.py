@@ -30,6 +30,33 @@ __all__ = ["MemoryBroker"]
 _NOBODY: Mapping[str, int] = MappingProxyType({})
 
 
+class _IdClock:
+    """The ids of every memory broker of the process: ``<ms>-<seq>``, increasing.
+
+    One clock for the process, not one per broker: a broker made in the millisecond
+    another one gave its last id (a chat restarted in-process, as tests and embedding
+    applications do) would otherwise give that same id again, and a resume from the
+    old id would take the new message for one already seen and skip it, reported
+    whole. A restarted process starts milliseconds after the old one's last id.
+    """
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = (0, 0)
+
+    def next(self, now: float) -> str:
+        ms = int(now * 1000)
+        last_ms, last_seq = self.last
+        seq = last_seq + 1 if ms <= last_ms else 0
+        ms = max(ms, last_ms)  # the wall clock may step back; ids never do
+        self.last = (ms, seq)
+        return f"{ms}-{seq}"
+
+
+_IDS = _IdClock()
+
+
 class _Ring:
     """One room's history in the memory broker (one record per room)."""
 
@@ -60,7 +87,7 @@ class MemoryBroker:
 
     shared = False
 
-    __slots__ = ("_active", "_deliver", "_history", "_last", "_max_rooms", "_retention", "_rings")
+    __slots__ = ("_active", "_deliver", "_history", "_max_rooms", "_retention", "_rings", "_said")
 
     def __init__(
         self, history: int = 100, *, retention: float = 86400.0, max_rooms: int = 10_000
@@ -74,7 +101,7 @@ class MemoryBroker:
         self._rings: collections.OrderedDict[str, _Ring] = collections.OrderedDict()
         self._active: set[str] = set()
         self._deliver: Deliver | None = None
-        self._last = (0, 0)
+        self._said = False  # whether anything was ever published here
 
     async def start(
         self,
@@ -137,21 +164,14 @@ class MemoryBroker:
     async def read_presence(self, room: str) -> dict[str, int]:
         return {}
 
-    def _next_id(self, now: float) -> str:
-        ms = int(now * 1000)
-        last_ms, last_seq = self._last
-        seq = last_seq + 1 if ms <= last_ms else 0
-        ms = max(ms, last_ms)
-        self._last = (ms, seq)
-        return f"{ms}-{seq}"
-
     def publish(self, room: str, name: str, text: str, on_error: OnError) -> None:
         deliver = self._deliver
         if deliver is None:
             on_error(BrokerError("the chat is shutting down"))
             return
         now = time.time()
-        message = ChatMessage(self._next_id(now), room, name, clean_text(text), now)
+        self._said = True
+        message = ChatMessage(_IDS.next(now), room, name, clean_text(text), now)
         if self._history > 0:
             mono = time.monotonic()
             ring = self._rings.get(room)
@@ -177,7 +197,7 @@ class MemoryBroker:
         key = message_id_key(after) if after is not None else None
         if ring is None or not ring.messages:
             # No history: a resume from an id is whole only if nothing was ever said.
-            return Page([], key is None or (self._last == (0, 0) and ring is None))
+            return Page([], key is None or (not self._said and ring is None))
         messages = list(ring.messages)
         if key is not None:
             messages = [m for m in messages if message_id_key(m.id) > key]
